@@ -1,0 +1,18 @@
+#ifndef CCRC32C_H
+#define CCRC32C_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// Extends a CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) over `length` bytes.
+/// Start with crc = 0; the function applies the usual pre- and post-inversion, so
+/// ccrc32c_extend(ccrc32c_extend(0, a), b) == ccrc32c_extend(0, a || b).
+/// Uses the SSE4.2 crc32 instruction when the CPU has it, a table otherwise.
+uint32_t ccrc32c_extend(uint32_t crc, const void *data, size_t length);
+
+/// 1 when the hardware path is in use, 0 for the table.
+int ccrc32c_is_hardware(void);
+
+/// The table implementation, exposed so tests can check both paths agree.
+uint32_t ccrc32c_extend_software(uint32_t crc, const void *data, size_t length);
+
+#endif

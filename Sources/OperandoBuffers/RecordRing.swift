@@ -1,0 +1,203 @@
+import OperandoCore
+import Synchronization
+
+/// A bounded, preallocated, lock-free single-producer/single-consumer ring of records.
+///
+/// Records are stored in `RecordLayout` form (8-byte prefix, 32-byte header, payload, padding to 8),
+/// so the consumer can hand claimed bytes to `writev` without copying. A record may wrap around the
+/// end of the storage; `Region` exposes the two parts.
+///
+/// Positions are byte counters that only grow (`position % capacity` is the offset). The consumer
+/// claims whole records before reading them by setting `claimedBit` in `tail`; while a claim is
+/// held the producer may not move `tail`, so the drop-oldest policy never discards bytes the writer
+/// is reading. Without drop-oldest the producer never writes `tail`.
+public final class RecordRing: @unchecked Sendable {
+    /// Bytes of storage, a multiple of 8.
+    public let capacity: Int
+    @usableFromInline let storage: UnsafeMutableRawPointer
+
+    /// Bytes ever published by the producer. Written by the producer only (release), so the
+    /// consumer's acquire load sees every byte before it.
+    @usableFromInline let head = Atomic<UInt64>(0)
+    /// Bytes ever released, with `claimedBit` set while the consumer holds a claim. Written by the
+    /// consumer (claim, release) and, for drop-oldest only, by the producer through compare-exchange
+    /// on an unclaimed value; acquire/release so the producer never overwrites bytes still being read.
+    @usableFromInline let tail = Atomic<UInt64>(0)
+    public static let claimedBit: UInt64 = 1 << 63
+
+    #if DEBUG
+    /// Debug-build check of the single-producer and single-consumer contracts.
+    private let producerBusy = Atomic<Bool>(false)
+    private let consumerBusy = Atomic<Bool>(false)
+    #endif
+
+    /// Allocates and touches `capacity` bytes (rounded up to a multiple of 8, at least 64), so the
+    /// memory is resident before the first record arrives.
+    public init(capacity requested: Int) {
+        let cap = max(64, (requested + 7) & ~7)
+        capacity = cap
+        storage = UnsafeMutableRawPointer.allocate(byteCount: cap, alignment: 64)
+        storage.initializeMemory(as: UInt8.self, repeating: 0, count: cap)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// Bytes currently held (published and not released), for fill reporting.
+    public var usedBytes: Int {
+        let h = head.load(ordering: .acquiring)
+        let t = tail.load(ordering: .acquiring) & ~Self.claimedBit
+        return Int(h &- t)
+    }
+
+    /// The largest payload a single record can carry in this ring.
+    public var maxPayloadBytes: Int { capacity - RecordLayout.prefixSize - RecordLayout.headerSize }
+
+    // MARK: Producer
+
+    /// Appends one record if it fits. Producer thread only. Never blocks, allocates or locks.
+    /// - Returns: false when the ring has no room (or the record can never fit).
+    @inlinable
+    public func tryWrite(header: RecordHeader, payload: UnsafeRawBufferPointer) -> Bool {
+        let size = RecordLayout.recordSize(payloadBytes: payload.count)
+        guard size <= capacity else { return false }
+        let h = head.load(ordering: .relaxed)
+        let t = tail.load(ordering: .acquiring) & ~Self.claimedBit
+        guard Int(h &- t) + size <= capacity else { return false }
+        write(header: header, payload: payload, at: h, size: size)
+        head.store(h &+ UInt64(size), ordering: .releasing)
+        return true
+    }
+
+    /// Discards the oldest record to make room, unless the consumer holds a claim. Producer only.
+    /// - Returns: the number of records discarded (0 or 1).
+    public func dropOldest() -> Int {
+        let t = tail.load(ordering: .acquiring)
+        guard t & Self.claimedBit == 0 else { return 0 }
+        let h = head.load(ordering: .relaxed)
+        guard h != t else { return 0 }
+        let size = recordSize(at: t)
+        let (exchanged, _) = tail.compareExchange(
+            expected: t, desired: t &+ UInt64(size), successOrdering: .acquiringAndReleasing,
+            failureOrdering: .acquiring)
+        return exchanged ? 1 : 0
+    }
+
+    @usableFromInline
+    func write(header: RecordHeader, payload: UnsafeRawBufferPointer, at position: UInt64, size: Int) {
+        let bodyLength = UInt32(RecordLayout.headerSize + payload.count)
+        var prefixAndHeader: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &prefixAndHeader) { buf in
+            buf.baseAddress!.storeBytes(of: bodyLength.littleEndian, as: UInt32.self)
+            header.store(to: buf.baseAddress! + RecordLayout.prefixSize)
+            copyIn(at: position, from: UnsafeRawBufferPointer(buf))
+        }
+        if payload.count > 0 {
+            copyIn(at: position &+ 40, from: payload)
+        }
+    }
+
+    @usableFromInline
+    func copyIn(at position: UInt64, from source: UnsafeRawBufferPointer) {
+        let offset = Int(position % UInt64(capacity))
+        let first = min(source.count, capacity - offset)
+        (storage + offset).copyMemory(from: source.baseAddress!, byteCount: first)
+        if first < source.count {
+            storage.copyMemory(from: source.baseAddress! + first, byteCount: source.count - first)
+        }
+    }
+
+    @usableFromInline
+    func recordSize(at position: UInt64) -> Int {
+        let offset = Int(position % UInt64(capacity))
+        let bodyLength = UInt32(littleEndian: storage.load(fromByteOffset: offset, as: UInt32.self))
+        return RecordLayout.recordSize(payloadBytes: Int(bodyLength) - RecordLayout.headerSize)
+    }
+
+    // MARK: Consumer
+
+    /// A claimed run of whole records, `[start, end)` in ring positions.
+    public struct Claim: Sendable {
+        public let start: UInt64
+        public let end: UInt64
+        public let records: Int
+        public var bytes: Int { Int(end - start) }
+    }
+
+    /// Claims whole records from the oldest, up to `maxBytes` (but always at least one record).
+    /// Consumer thread only. Returns nil when the ring is empty.
+    public func claim(maxBytes: Int) -> Claim? {
+        #if DEBUG
+        precondition(!consumerBusy.exchange(true, ordering: .acquiring), "RecordRing: two consumers at once")
+        defer { consumerBusy.store(false, ordering: .releasing) }
+        #endif
+        while true {
+            let t = tail.load(ordering: .acquiring)
+            precondition(t & Self.claimedBit == 0, "RecordRing.claim while a claim is held")
+            if head.load(ordering: .acquiring) == t { return nil }
+            let (exchanged, _) = tail.compareExchange(
+                expected: t, desired: t | Self.claimedBit, successOrdering: .acquiringAndReleasing,
+                failureOrdering: .acquiring)
+            guard exchanged else { continue }  // the producer dropped the oldest record meanwhile
+            let h = head.load(ordering: .acquiring)
+            var end = t
+            var count = 0
+            while end != h {
+                let size = recordSize(at: end)
+                if count > 0 && Int(end &- t) + size > maxBytes { break }
+                end &+= UInt64(size)
+                count += 1
+            }
+            return Claim(start: t, end: end, records: count)
+        }
+    }
+
+    /// Releases a claim: its bytes become free for the producer.
+    public func release(_ claim: Claim) {
+        tail.store(claim.end, ordering: .releasing)
+    }
+
+    /// The claimed bytes as one or two contiguous parts (the second empty unless they wrap).
+    public func bytes(of claim: Claim) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) {
+        span(from: claim.start, count: claim.bytes)
+    }
+
+    /// Calls `body` for each record of a claim, in order, with its header and its body bytes
+    /// (one or two parts). `prefix` points at the record's 8-byte prefix, which the consumer may
+    /// update (the writer stores the CRC there).
+    public func forEachRecord(
+        in claim: Claim,
+        _ body: (_ prefix: UnsafeMutableRawPointer, _ header: RecordHeader, _ part1: UnsafeRawBufferPointer, _ part2: UnsafeRawBufferPointer) -> Void
+    ) {
+        var position = claim.start
+        while position != claim.end {
+            let offset = Int(position % UInt64(capacity))
+            let prefix = storage + offset
+            let bodyLength = Int(UInt32(littleEndian: prefix.load(as: UInt32.self)))
+            let (p1, p2) = span(from: position &+ UInt64(RecordLayout.prefixSize), count: bodyLength)
+            let header = Self.header(p1, p2)
+            body(prefix, header, UnsafeRawBufferPointer(p1), UnsafeRawBufferPointer(p2))
+            position &+= UInt64(RecordLayout.recordSize(payloadBytes: bodyLength - RecordLayout.headerSize))
+        }
+    }
+
+    private static func header(_ p1: UnsafeMutableRawBufferPointer, _ p2: UnsafeMutableRawBufferPointer) -> RecordHeader {
+        if p1.count >= RecordLayout.headerSize {
+            return RecordHeader.load(from: p1.baseAddress!)!
+        }
+        var tmp: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        return withUnsafeMutableBytes(of: &tmp) { buf in
+            buf.baseAddress!.copyMemory(from: p1.baseAddress!, byteCount: p1.count)
+            (buf.baseAddress! + p1.count).copyMemory(from: p2.baseAddress!, byteCount: RecordLayout.headerSize - p1.count)
+            return RecordHeader.load(from: buf.baseAddress!)!
+        }
+    }
+
+    private func span(from position: UInt64, count: Int) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) {
+        let offset = Int(position % UInt64(capacity))
+        let first = min(count, capacity - offset)
+        return (
+            UnsafeMutableRawBufferPointer(start: storage + offset, count: first),
+            UnsafeMutableRawBufferPointer(start: storage, count: count - first)
+        )
+    }
+}

@@ -1,0 +1,75 @@
+/// Where a driver puts what it acquires. Implemented over the rings (OperandoBuffers); tests may
+/// implement it to collect records.
+///
+/// Called only from the device's I/O thread: `push` must not allocate, lock or log.
+public protocol RecordSink: AnyObject {
+    /// Pushes one record of stream `stream` (an index into the driver's `streams`).
+    /// `payload` is raw little-endian values: whole samples or one frame.
+    func push(stream: Int, hostTime: HostInstant, deviceTime: Int64?, payload: UnsafeRawBufferPointer)
+    /// Records an event on the device's event stream.
+    func event(_ event: Event)
+    /// The host clock, for stamping events that do not come with a read.
+    var clock: any HostClock { get }
+}
+
+/// What a device says it is, recorded in the run's provenance.
+public struct DeviceIdentity: Codable, Sendable, Equatable {
+    public var model: String
+    public var serialNumber: String
+    public var firmware: String
+    public var protocolVersion: String
+
+    public init(model: String, serialNumber: String, firmware: String, protocolVersion: String) {
+        self.model = model
+        self.serialNumber = serialNumber
+        self.firmware = firmware
+        self.protocolVersion = protocolVersion
+    }
+}
+
+/// A driver: a protocol codec plus a state machine over an injected link.
+///
+/// The daemon's device runner owns the thread: it opens the link, calls `setup` (again after
+/// every reconnect), then calls `acquire` in a loop until the device is stopped. Drivers never
+/// create threads or open ports themselves, so they run against real ports, TCP, or an
+/// in-memory link to a simulator alike.
+public protocol Instrument: AnyObject, Sendable {
+    /// The driver's name as used in configuration (`driver = "…"`).
+    static var driverName: String { get }
+    static var driverVersion: String { get }
+    /// The link this driver needs.
+    static var linkKind: LinkKind { get }
+    /// The streams this device produces, fixed for the driver's lifetime. The daemon assigns ids.
+    var streams: [StreamDescriptor] { get }
+    /// Identifies and configures the device. Replayed after every reconnect.
+    func setup(link: DeviceLink, sink: any RecordSink) throws -> DeviceIdentity
+    /// Reads, decodes and pushes what has arrived; returns within about `budget` so the runner
+    /// can check for stop requests. Throws on disconnect or an unrecoverable protocol error.
+    func acquire(link: DeviceLink, sink: any RecordSink, budget: Duration) throws
+    /// Stops acquisition politely before the link is closed (best effort).
+    func shutdown(link: DeviceLink)
+}
+
+/// A few typed accessors over a device's free-form settings from the config file.
+public struct DeviceSettings: Sendable {
+    public var values: [String: EventValue]
+    public init(_ values: [String: EventValue] = [:]) { self.values = values }
+
+    public func double(_ key: String) -> Double? {
+        switch values[key] {
+        case .number(let d): d
+        case .integer(let i): Double(i)
+        default: nil
+        }
+    }
+
+    public func int(_ key: String) -> Int? {
+        if case .integer(let i) = values[key] { return Int(i) }
+        return nil
+    }
+
+    public func string(_ key: String) -> String? {
+        if case .string(let s) = values[key] { return s }
+        return nil
+    }
+}

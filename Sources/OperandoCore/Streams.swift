@@ -1,0 +1,96 @@
+/// The element type of a stream's values, with its size on the wire and on disk (little-endian).
+public enum ElementType: String, Codable, Sendable, CaseIterable {
+    case uint8 = "u8", uint16 = "u16", uint32 = "u32", uint64 = "u64"
+    case int16 = "i16", int32 = "i32", int64 = "i64"
+    case float32 = "f32", float64 = "f64"
+    /// UTF-8 JSON documents (events, descriptors); variable size.
+    case json
+
+    /// Bytes per element; 1 for JSON (a byte stream).
+    public var size: Int {
+        switch self {
+        case .uint8, .json: 1
+        case .uint16, .int16: 2
+        case .uint32, .int32, .float32: 4
+        case .uint64, .int64, .float64: 8
+        }
+    }
+}
+
+/// What a stream carries.
+public enum StreamKind: String, Codable, Sendable {
+    /// Rows of scalar fields (a potentiostat's E and I, a stage's position); a record holds one or more rows.
+    case samples
+    /// Whole arrays (a spectrum, a scan line, an image); a record holds one frame.
+    case frames
+    /// JSON events (stimulus, marker, state change, gap, alarm).
+    case events
+}
+
+/// What to do when a stream's ring is full.
+public enum OverflowPolicy: String, Codable, Sendable, CaseIterable {
+    /// The producer waits for the writer. Nothing is dropped; the device's read loop slows.
+    case block
+    /// The oldest records not yet being written are discarded to make room.
+    case dropOldest = "drop-oldest"
+    /// The new record is discarded.
+    case dropNewest = "drop-newest"
+}
+
+/// A named, unit-carrying column of a sample stream.
+public struct Field: Codable, Sendable, Equatable {
+    public var name: String
+    public var unit: String
+    public init(_ name: String, unit: String) {
+        self.name = name
+        self.unit = unit
+    }
+}
+
+/// Describes one stream: what its records contain and how fast they come.
+///
+/// Descriptors are written into the run before any record of the stream, so a run is
+/// self-describing and records from several hosts can be merged by run id and stream name.
+public struct StreamDescriptor: Codable, Sendable, Equatable {
+    /// Index of the stream within its run (assigned by the daemon; record headers carry it).
+    public var id: UInt32
+    /// `<device>/<stream>`, unique within a daemon.
+    public var name: String
+    public var device: String
+    public var kind: StreamKind
+    public var elementType: ElementType
+    /// For samples: one entry per column. For frames: one entry naming the values and their unit.
+    public var fields: [Field]
+    /// Shape of one sample (samples: `[fields.count]`) or one frame (e.g. `[2048]` channels).
+    public var shape: [Int]
+    /// Expected records per second, used to size rings and estimate data rate.
+    public var nominalRateHz: Double
+    /// Largest payload one record may carry, in bytes.
+    public var maxPayloadBytes: Int
+
+    public init(
+        id: UInt32 = 0, name: String, device: String, kind: StreamKind, elementType: ElementType,
+        fields: [Field], shape: [Int], nominalRateHz: Double, maxPayloadBytes: Int
+    ) {
+        self.id = id
+        self.name = name
+        self.device = device
+        self.kind = kind
+        self.elementType = elementType
+        self.fields = fields
+        self.shape = shape
+        self.nominalRateHz = nominalRateHz
+        self.maxPayloadBytes = maxPayloadBytes
+    }
+
+    /// Bytes in one sample or frame.
+    public var elementsPerItem: Int { shape.reduce(1, *) }
+    public var bytesPerItem: Int { elementsPerItem * elementType.size }
+
+    /// An events stream for a device.
+    public static func events(device: String) -> StreamDescriptor {
+        StreamDescriptor(
+            name: "\(device)/events", device: device, kind: .events, elementType: .json, fields: [],
+            shape: [], nominalRateHz: 1, maxPayloadBytes: 16 * 1024)
+    }
+}

@@ -1,0 +1,80 @@
+/// A bidirectional byte stream to a device: a serial port, a TCP connection, a pseudo-terminal
+/// or an in-memory link to a simulator.
+///
+/// A transport is used by one thread at a time (its device's I/O thread); implementations are
+/// `@unchecked Sendable` under that contract. Reads block for at most `timeout` and report the
+/// host time at which the read returned, which is the arrival time of those bytes.
+public protocol ByteStreamTransport: AnyObject, Sendable {
+    /// Where this transport goes, for messages: "/dev/ttyUSB0", "127.0.0.1:6501", "simulated".
+    var endpoint: String { get }
+    /// Opens (or reopens after a disconnect). Throws `InstrumentError(.notFound)` when absent.
+    func open() throws
+    func close()
+    /// Reads available bytes (at most `buffer.count`). Returns 0 bytes on timeout.
+    /// Throws `InstrumentError(.disconnected)` when the device has gone.
+    func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> TransportRead
+    /// Writes all of `bytes` or throws.
+    func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration) throws
+}
+
+/// A packet (message, bulk transfer) transport: USB bulk endpoints, datagrams, or an in-memory
+/// link. Each receive returns exactly one packet.
+public protocol PacketTransport: AnyObject, Sendable {
+    var endpoint: String { get }
+    func open() throws
+    func close()
+    /// Receives one packet into `buffer`. Returns 0 bytes on timeout. A packet longer than the
+    /// buffer throws `InstrumentError(.protocolViolation)`.
+    func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> TransportRead
+    func send(_ bytes: UnsafeRawBufferPointer, timeout: Duration) throws
+}
+
+/// The result of a read: how many bytes, and the host time when the read returned.
+public struct TransportRead: Sendable {
+    public var count: Int
+    public var hostTime: HostInstant
+    public init(count: Int, hostTime: HostInstant) {
+        self.count = count
+        self.hostTime = hostTime
+    }
+}
+
+extension ByteStreamTransport {
+    public func write(_ string: String, timeout: Duration) throws {
+        var s = string
+        try s.withUTF8 { try write(UnsafeRawBufferPointer($0), timeout: timeout) }
+    }
+}
+
+/// A transport of either kind, as handed to a driver.
+public enum DeviceLink: Sendable {
+    case byteStream(any ByteStreamTransport)
+    case packets(any PacketTransport)
+
+    public var endpoint: String {
+        switch self {
+        case .byteStream(let t): t.endpoint
+        case .packets(let t): t.endpoint
+        }
+    }
+
+    public func open() throws {
+        switch self {
+        case .byteStream(let t): try t.open()
+        case .packets(let t): try t.open()
+        }
+    }
+
+    public func close() {
+        switch self {
+        case .byteStream(let t): t.close()
+        case .packets(let t): t.close()
+        }
+    }
+}
+
+/// Which kind of link a driver needs.
+public enum LinkKind: String, Sendable, Codable {
+    case byteStream = "byte-stream"
+    case packets
+}
