@@ -29,7 +29,7 @@ let package = Package(
         .systemLibrary(
             name: "CLibUSB", path: "Sources/CLibUSB", pkgConfig: "libusb-1.0",
             providers: [.apt(["libusb-1.0-0-dev"])]),
-        .target(name: "CCRC32C", path: "Sources/CCRC32C"),
+        .target(name: "COperandoShim", path: "Sources/COperandoShim"),
 
         // Pure layers.
         .target(name: "OperandoCore", swiftSettings: swiftSettings),
@@ -37,7 +37,7 @@ let package = Package(
         .target(
             name: "OperandoIO",
             dependencies: [
-                "OperandoCore", "OperandoBuffers", "CCRC32C", "CSerialPort", "CLibUSB",
+                "OperandoCore", "OperandoBuffers", "COperandoShim", "CSerialPort", "CLibUSB",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings),

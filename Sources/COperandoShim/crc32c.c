@@ -1,5 +1,5 @@
 // CRC-32C: hardware instruction where available, slicing-by-8 tables otherwise.
-#include "ccrc32c.h"
+#include "coperando.h"
 #include <string.h>
 
 static uint32_t table[8][256];

@@ -1,5 +1,5 @@
-#ifndef CCRC32C_H
-#define CCRC32C_H
+#ifndef COPERANDO_H
+#define COPERANDO_H
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,5 +14,10 @@ int ccrc32c_is_hardware(void);
 
 /// The table implementation, exposed so tests can check both paths agree.
 uint32_t ccrc32c_extend_software(uint32_t crc, const void *data, size_t length);
+
+
+/// SO_PEERCRED of a connected Unix socket (struct ucred needs _GNU_SOURCE, which Swift's Glibc
+/// module does not define). Returns 0 on success, -1 with errno set.
+int coperando_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
 
 #endif
