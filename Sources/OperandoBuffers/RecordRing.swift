@@ -161,22 +161,35 @@ public final class RecordRing: @unchecked Sendable {
         span(from: claim.start, count: claim.bytes)
     }
 
-    /// Calls `body` for each record of a claim, in order, with its header and its body bytes
-    /// (one or two parts). `prefix` points at the record's 8-byte prefix, which the consumer may
-    /// update (the writer stores the CRC there).
-    public func forEachRecord(
-        in claim: Claim,
-        _ body: (_ prefix: UnsafeMutableRawPointer, _ header: RecordHeader, _ part1: UnsafeRawBufferPointer, _ part2: UnsafeRawBufferPointer) -> Void
-    ) {
+    /// One record inside a claim.
+    public struct Record {
+        /// The 8-byte prefix; the consumer may store the CRC at offset 4.
+        public let prefix: UnsafeMutableRawPointer
+        public let header: RecordHeader
+        /// The body (header + payload), in one or two parts.
+        public let body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)
+        /// The whole record (prefix, body, padding), in one or two parts.
+        public let whole: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)
+
+        /// The payload copied out (tests and slow paths only).
+        public var payloadBytes: [UInt8] { Array((Array(body.0) + Array(body.1)).dropFirst(RecordLayout.headerSize)) }
+    }
+
+    /// Calls `body` for each record of a claim, in order.
+    public func forEachRecord(in claim: Claim, _ body: (Record) -> Void) {
         var position = claim.start
         while position != claim.end {
             let offset = Int(position % UInt64(capacity))
             let prefix = storage + offset
             let bodyLength = Int(UInt32(littleEndian: prefix.load(as: UInt32.self)))
+            let size = RecordLayout.recordSize(payloadBytes: bodyLength - RecordLayout.headerSize)
             let (p1, p2) = span(from: position &+ UInt64(RecordLayout.prefixSize), count: bodyLength)
-            let header = Self.header(p1, p2)
-            body(prefix, header, UnsafeRawBufferPointer(p1), UnsafeRawBufferPointer(p2))
-            position &+= UInt64(RecordLayout.recordSize(payloadBytes: bodyLength - RecordLayout.headerSize))
+            let (w1, w2) = span(from: position, count: size)
+            body(Record(
+                prefix: prefix, header: Self.header(p1, p2),
+                body: (UnsafeRawBufferPointer(p1), UnsafeRawBufferPointer(p2)),
+                whole: (UnsafeRawBufferPointer(w1), UnsafeRawBufferPointer(w2))))
+            position &+= UInt64(size)
         }
     }
 

@@ -12,10 +12,7 @@ final class RecordRingTests: XCTestCase {
     private func joinedPayloads(_ ring: RecordRing, maxBytes: Int = .max) -> [(RecordHeader, [UInt8])] {
         var out: [(RecordHeader, [UInt8])] = []
         while let claim = ring.claim(maxBytes: maxBytes) {
-            ring.forEachRecord(in: claim) { _, header, p1, p2 in
-                let body = Array(p1) + Array(p2)
-                out.append((header, Array(body.dropFirst(RecordLayout.headerSize))))
-            }
+            ring.forEachRecord(in: claim) { out.append(($0.header, $0.payloadBytes)) }
             ring.release(claim)
         }
         return out

@@ -17,9 +17,8 @@ final class StreamChannelTests: XCTestCase {
     private func values(_ channel: StreamChannel) -> [UInt64] {
         var out: [UInt64] = []
         while let claim = channel.ring.claim(maxBytes: .max) {
-            channel.ring.forEachRecord(in: claim) { _, _, p1, p2 in
-                let body = Array(p1) + Array(p2)
-                out.append(body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: RecordLayout.headerSize, as: UInt64.self) })
+            channel.ring.forEachRecord(in: claim) { r in
+                out.append(r.payloadBytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
             }
             channel.ring.release(claim)
         }
@@ -70,9 +69,9 @@ final class StreamChannelTests: XCTestCase {
                     if finished { break }
                     continue
                 }
-                channel.ring.forEachRecord(in: claim) { _, header, p1, p2 in
-                    let body = Array(p1) + Array(p2)
-                    let value = body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: RecordLayout.headerSize, as: UInt64.self) }
+                channel.ring.forEachRecord(in: claim) { r in
+                    let header = r.header
+                    let value = r.payloadBytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
                     if value != header.sequence || Int64(header.sequence) <= lastSeq { corrupt += 1 }
                     lastSeq = Int64(header.sequence)
                     received += 1

@@ -1,0 +1,433 @@
+import Foundation
+import Logging
+import OperandoBuffers
+import OperandoCore
+import OperandoIO
+import Synchronization
+
+/// The writer: one thread that drains every stream's ring into the active run's segments.
+///
+/// Records are written straight from ring memory (`writev`), each with its CRC-32C filled in
+/// just before. Between runs the rings are drained and discarded so producers never stall.
+/// A run covers the records stamped from its start instant to its stop instant; stopping waits
+/// until every ring has given up everything stamped before the stop, then syncs and closes.
+public final class Recorder: @unchecked Sendable {
+    public struct Options: Sendable {
+        /// fdatasync at least this often while data is arriving: the power-loss bound.
+        public var syncInterval: Duration
+        /// Start a new segment when the current one reaches this size.
+        public var segmentBytes: Int
+        /// The most bytes claimed from one ring at a time (bounds latency of the other rings).
+        public var claimBytes: Int
+        /// How often a realtime anchor is recorded during a run.
+        public var anchorInterval: Duration
+        /// How long after the stop instant the writer keeps draining for records still in flight.
+        public var stopGrace: Duration
+
+        public init(
+            syncInterval: Duration = .milliseconds(500), segmentBytes: Int = 256 << 20, claimBytes: Int = 8 << 20,
+            anchorInterval: Duration = .seconds(60), stopGrace: Duration = .milliseconds(50)
+        ) {
+            self.syncInterval = syncInterval
+            self.segmentBytes = segmentBytes
+            self.claimBytes = claimBytes
+            self.anchorInterval = anchorInterval
+            self.stopGrace = stopGrace
+        }
+
+        public var durabilityStatement: String {
+            "fdatasync at least every \(syncInterval.nanoseconds / 1_000_000) ms while recording: at most that much data (plus what is still in the rings) is lost on power failure"
+        }
+    }
+
+    /// A live view of one stream for `status`.
+    public struct StreamStatus: Sendable, Codable {
+        public var name: String
+        public var produced: UInt64
+        public var dropped: UInt64
+        public var written: UInt64
+        public var ringFill: Double
+        public var ringBytes: Int
+        public var policy: String
+    }
+
+    public struct Status: Sendable {
+        public var recording: Bool
+        public var run: RunManifest?
+        public var runDirectory: String?
+        public var bytesWritten: UInt64
+        public var streams: [StreamStatus]
+        public var writeError: String?
+        public var lastSyncAgo: Duration?
+    }
+
+    /// A recently seen record, for `tail`.
+    public struct TailRecord: Sendable {
+        public var stream: Int
+        public var sequence: UInt64
+        public var hostTime: HostInstant
+        public var deviceTime: Int64?
+        /// At most the first 4 KiB of the payload.
+        public var payload: [UInt8]
+        public var payloadBytes: Int
+    }
+
+    public let channels: [StreamChannel]
+    private let clock: any HostClock
+    private let options: Options
+    private let logger: Logger
+    private var thread: IOThread?
+
+    private enum Command {
+        case start(PendingRun)
+        case stop(at: HostInstant, reason: String, completion: @Sendable (Result<RunManifest, any Error>) -> Void)
+        case shutdown(reason: String)
+    }
+
+    private struct PendingRun {
+        var manifest: RunManifest
+        var directory: String
+        var runID: [UInt8]
+    }
+
+    private let commands = Mutex<[Command]>([])
+    private let published: Mutex<Status>
+    private let tails: Mutex<[[TailRecord]]>
+    private static let tailDepth = 64
+
+    public init(channels: [StreamChannel], clock: any HostClock, options: Options, logger: Logger) {
+        self.channels = channels
+        self.clock = clock
+        self.options = options
+        self.logger = logger
+        published = Mutex(Status(recording: false, run: nil, runDirectory: nil, bytesWritten: 0, streams: [], writeError: nil))
+        tails = Mutex(Array(repeating: [], count: channels.count))
+    }
+
+    /// Starts the writer thread.
+    public func start() {
+        precondition(thread == nil)
+        thread = IOThread(name: "writer") { [self] in loop() }
+    }
+
+    /// Creates the run directory and manifest, then tells the writer to record. The run covers
+    /// records stamped from the instant the writer takes the command, so no record drained
+    /// before that instant could have belonged to it.
+    /// - Returns: the run's directory.
+    public func startRun(manifest: RunManifest, under dataDirectory: String) throws -> String {
+        if published.withLock({ $0.recording }) {
+            throw RecorderError.alreadyRecording
+        }
+        let stamp = manifest.startedAt.prefix(19).replacingOccurrences(of: ":", with: "").replacingOccurrences(of: "-", with: "")
+        let safeName = String(manifest.name.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" })
+        let directory = "\(dataDirectory)/runs/\(stamp)-\(safeName)"
+        guard !FileSystem.exists(directory) else { throw RecorderError.runExists(directory) }
+        try FileSystem.makeDirectories(directory + "/segments")
+        try FileSystem.writeAtomically(directory + "/run.json", bytes: manifest.encoded())
+        let runID = Array(UUID(uuidString: manifest.id).map { withUnsafeBytes(of: $0.uuid) { Array($0) } } ?? [])
+        published.withLock { $0.recording = true; $0.run = manifest; $0.runDirectory = directory; $0.writeError = nil }
+        commands.withLock { $0.append(.start(PendingRun(manifest: manifest, directory: directory, runID: runID))) }
+        return directory
+    }
+
+    /// Stops the run at the instant `at`; `completion` runs on the writer thread once every
+    /// record stamped up to then is on disk and synced.
+    public func stopRun(at: HostInstant, reason: String, completion: @escaping @Sendable (Result<RunManifest, any Error>) -> Void) {
+        commands.withLock { $0.append(.stop(at: at, reason: reason, completion: completion)) }
+    }
+
+    /// Async form of `stopRun`.
+    public func stopRun(at: HostInstant, reason: String) async throws -> RunManifest {
+        try await withCheckedThrowingContinuation { cont in
+            stopRun(at: at, reason: reason) { cont.resume(with: $0) }
+        }
+    }
+
+    /// Stops any run (draining it), ends the thread and waits for it.
+    public func shutdown(reason: String) {
+        commands.withLock { $0.append(.shutdown(reason: reason)) }
+        thread?.join()
+        thread = nil
+    }
+
+    public var status: Status { published.withLock { $0 } }
+
+    /// Records of `stream` newer than `after` (all kept ones when nil).
+    public func tail(stream: Int, after: UInt64?) -> [TailRecord] {
+        tails.withLock { t in
+            guard stream < t.count else { return [] }
+            return t[stream].filter { after == nil || $0.sequence > after! }
+        }
+    }
+
+    // MARK: Writer thread
+
+    private final class ActiveRun {
+        var pending: PendingRun
+        let start: HostInstant
+        var segment: SegmentWriter?
+        var segmentCount = 0
+        var stopAt: HostInstant?
+        var stopReason = ""
+        var completion: (@Sendable (Result<RunManifest, any Error>) -> Void)?
+        var written: [UInt64]
+        var bytes: [UInt64]
+        var firstSeq: [UInt64?]
+        var lastSeq: [UInt64]
+        var droppedAtStart: [UInt64]
+        var lastSync: HostInstant
+        var lastAnchor: HostInstant
+        var error: (any Error)?
+        var quietSince: HostInstant?
+
+        init(_ pending: PendingRun, channels: [StreamChannel], now: HostInstant) {
+            self.pending = pending
+            start = now
+            written = Array(repeating: 0, count: channels.count)
+            bytes = Array(repeating: 0, count: channels.count)
+            firstSeq = Array(repeating: nil, count: channels.count)
+            lastSeq = Array(repeating: 0, count: channels.count)
+            droppedAtStart = channels.map(\.dropped)
+            lastSync = now
+            lastAnchor = now
+        }
+    }
+
+    private func loop() {
+        var run: ActiveRun?
+        var parts: [UnsafeRawBufferPointer] = []
+        parts.reserveCapacity(1024)
+        var shuttingDown: String?
+        var lastPublish = clock.now()
+        var totalBytes: UInt64 = 0
+
+        while true {
+            for command in commands.withLock({ c -> [Command] in defer { c.removeAll() }; return c }) {
+                switch command {
+                case .start(let pending):
+                    let r = ActiveRun(pending, channels: channels, now: clock.now())
+                    run = r
+                    openSegment(r)
+                case .stop(let at, let reason, let completion):
+                    if let r = run {
+                        r.stopAt = at
+                        r.stopReason = reason
+                        r.completion = completion
+                    } else {
+                        completion(.failure(RecorderError.notRecording))
+                    }
+                case .shutdown(let reason):
+                    shuttingDown = reason
+                    if let r = run, r.stopAt == nil {
+                        r.stopAt = clock.now()
+                        r.stopReason = reason
+                    }
+                }
+            }
+
+            var moved = 0
+            for index in channels.indices {
+                moved += drain(index, run: run, parts: &parts, totalBytes: &totalBytes)
+            }
+
+            let now = clock.now()
+            if let r = run {
+                if r.error == nil { maintain(r, now: now) }
+                if let stopAt = r.stopAt {
+                    // Done once past the grace period and a whole pass found nothing more.
+                    if moved == 0 && now.nanoseconds >= stopAt.nanoseconds + options.stopGrace.nanoseconds {
+                        finish(r, now: now)
+                        run = nil
+                    }
+                }
+            } else if shuttingDown != nil && moved == 0 {
+                publish(run: nil, totalBytes: totalBytes)
+                return
+            }
+            if now.nanoseconds - lastPublish.nanoseconds > 100_000_000 || moved == 0 {
+                publish(run: run, totalBytes: totalBytes)
+                lastPublish = now
+            }
+            if moved == 0 { ThreadSleep.sleep(.milliseconds(1)) }
+        }
+    }
+
+    /// Drains one claim from one ring. Returns the number of records taken.
+    private func drain(_ index: Int, run: ActiveRun?, parts: inout [UnsafeRawBufferPointer], totalBytes: inout UInt64) -> Int {
+        let channel = channels[index]
+        guard let claim = channel.ring.claim(maxBytes: options.claimBytes) else { return 0 }
+        parts.removeAll(keepingCapacity: true)
+        var last: RecordRing.Record?
+        let isEvents = channel.descriptor.kind == .events
+        let writing = run.map { $0.segment != nil && $0.error == nil } ?? false
+        channel.ring.forEachRecord(in: claim) { record in
+            if isEvents { remember(index, record) } else { last = record }
+            guard writing, let r = run, record.header.hostTime >= r.start else { return }
+            if let stopAt = r.stopAt, record.header.hostTime > stopAt { return }
+            var crc = CRC32C.checksum(record.body.0)
+            crc = CRC32C.checksum(record.body.1, continuing: crc)
+            record.prefix.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+            Self.append(record.whole.0, to: &parts)
+            Self.append(record.whole.1, to: &parts)
+            let seq = record.header.sequence
+            if r.firstSeq[index] == nil { r.firstSeq[index] = seq }
+            r.lastSeq[index] = seq
+            r.written[index] += 1
+            r.bytes[index] += UInt64(record.whole.0.count + record.whole.1.count)
+        }
+        if let last { remember(index, last) }
+        if let r = run, !parts.isEmpty, let segment = r.segment {
+            do {
+                try segment.append(parts)
+                totalBytes += UInt64(parts.reduce(0) { $0 + $1.count })
+            } catch {
+                fail(r, error)
+            }
+        }
+        channel.ring.release(claim)
+        return claim.records
+    }
+
+    /// Adds a byte range to an iovec list, merging it with the previous one when contiguous.
+    private static func append(_ part: UnsafeRawBufferPointer, to parts: inout [UnsafeRawBufferPointer]) {
+        guard part.count > 0 else { return }
+        if let previous = parts.last, previous.baseAddress! + previous.count == part.baseAddress! {
+            parts[parts.count - 1] = UnsafeRawBufferPointer(start: previous.baseAddress, count: previous.count + part.count)
+        } else {
+            parts.append(part)
+        }
+    }
+
+    private func remember(_ index: Int, _ record: RecordRing.Record) {
+        let body = (record.body.0.count >= RecordLayout.headerSize + 4096)
+            ? Array(record.body.0[RecordLayout.headerSize..<(RecordLayout.headerSize + 4096)])
+            : Array((Array(record.body.0) + Array(record.body.1)).dropFirst(RecordLayout.headerSize).prefix(4096))
+        let payloadBytes = record.body.0.count + record.body.1.count - RecordLayout.headerSize
+        let t = TailRecord(stream: index, sequence: record.header.sequence, hostTime: record.header.hostTime, deviceTime: record.header.deviceTime, payload: body, payloadBytes: payloadBytes)
+        tails.withLock { tails in
+            tails[index].append(t)
+            if tails[index].count > Self.tailDepth { tails[index].removeFirst(tails[index].count - Self.tailDepth) }
+        }
+    }
+
+    private func openSegment(_ r: ActiveRun) {
+        do {
+            try r.segment?.sync()
+            let anchor = clock.realtimeAnchor()
+            r.segmentCount += 1
+            let segment = try SegmentWriter(directory: r.pending.directory + "/segments", index: r.segmentCount, runID: r.pending.runID, anchor: anchor)
+            // Every segment describes its streams and its clock, so it can be read on its own.
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            var head: [UInt8] = []
+            for channel in channels {
+                let json = Array(try encoder.encode(channel.descriptor))
+                head += SegmentFormat.encodeRecord(RecordHeader(kind: .descriptor, streamID: channel.descriptor.id, sequence: 0, hostTime: anchor.host, deviceTime: nil), payload: json)
+            }
+            head += SegmentFormat.encodeRecord(RecordHeader(kind: .anchor, streamID: UInt32.max, sequence: 0, hostTime: anchor.host, deviceTime: nil), payload: Array(try encoder.encode(anchor)))
+            try segment.append(head)
+            r.segment = segment
+            r.lastAnchor = anchor.host
+        } catch {
+            fail(r, error)
+        }
+    }
+
+    private func maintain(_ r: ActiveRun, now: HostInstant) {
+        guard let segment = r.segment else { return }
+        do {
+            if now.nanoseconds - r.lastAnchor.nanoseconds >= options.anchorInterval.nanoseconds {
+                let anchor = clock.realtimeAnchor()
+                let encoder = JSONEncoder()
+                try segment.append(SegmentFormat.encodeRecord(RecordHeader(kind: .anchor, streamID: UInt32.max, sequence: 0, hostTime: anchor.host, deviceTime: nil), payload: Array(encoder.encode(anchor))))
+                r.lastAnchor = anchor.host
+            }
+            if now.nanoseconds - r.lastSync.nanoseconds >= options.syncInterval.nanoseconds {
+                try segment.sync()
+                r.lastSync = now
+            }
+            if segment.size >= options.segmentBytes {
+                openSegment(r)
+            }
+        } catch {
+            fail(r, error)
+        }
+    }
+
+    private func fail(_ r: ActiveRun, _ error: any Error) {
+        guard r.error == nil else { return }
+        r.error = error
+        logger.error("writing run \(r.pending.manifest.name) failed: \(error); recording stops, data written so far is kept; check free space and permissions of \(r.pending.directory)")
+        published.withLock { $0.writeError = "\(error)" }
+        if r.stopAt == nil {
+            r.stopAt = clock.now()
+            r.stopReason = "write error: \(error)"
+        }
+    }
+
+    private func finish(_ r: ActiveRun, now: HostInstant) {
+        var manifest = r.pending.manifest
+        let anchor = clock.realtimeAnchor()
+        if let segment = r.segment, r.error == nil {
+            do {
+                try segment.append(SegmentFormat.encodeRecord(RecordHeader(kind: .anchor, streamID: UInt32.max, sequence: 0, hostTime: anchor.host, deviceTime: nil), payload: Array(JSONEncoder().encode(anchor))))
+                try segment.sync()
+            } catch {
+                fail(r, error)
+            }
+        }
+        r.segment = nil
+        manifest.state = r.error == nil ? .complete : .failed
+        manifest.stopAnchor = anchor
+        manifest.stoppedAt = RunManifest.iso8601(anchor.utcNanoseconds)
+        manifest.stopReason = r.stopReason
+        manifest.segments = r.segmentCount
+        manifest.summary = channels.indices.map { i in
+            let written = r.written[i]
+            let span = r.firstSeq[i].map { r.lastSeq[i] - $0 + 1 } ?? 0
+            let counted = channels[i].dropped - r.droppedAtStart[i]
+            let dropped = max(span - written, counted)
+            return StreamSummary(name: channels[i].descriptor.name, produced: written + dropped, written: written, dropped: dropped, bytes: r.bytes[i])
+        }
+        let result: Result<RunManifest, any Error>
+        do {
+            try FileSystem.writeAtomically(r.pending.directory + "/run.json", bytes: manifest.encoded())
+            result = .success(manifest)
+        } catch {
+            logger.error("could not write the manifest of run \(manifest.name) in \(r.pending.directory): \(error); the segments are intact and `operandoctl recover` can rebuild it")
+            result = .failure(error)
+        }
+        published.withLock { $0.recording = false; $0.run = manifest }
+        logger.info("run \(manifest.name) closed (\(manifest.state.rawValue)): \(manifest.summary!.reduce(0) { $0 + $1.written }) records in \(r.segmentCount) segment(s)")
+        r.completion?(result)
+    }
+
+    private func publish(run: ActiveRun?, totalBytes: UInt64) {
+        let streams = channels.indices.map { i in
+            let c = channels[i]
+            return StreamStatus(
+                name: c.descriptor.name, produced: c.produced, dropped: c.dropped, written: run?.written[i] ?? 0,
+                ringFill: c.fill, ringBytes: c.ring.capacity, policy: c.policy.rawValue)
+        }
+        let now = clock.now()
+        published.withLock {
+            $0.streams = streams
+            $0.bytesWritten = totalBytes
+            $0.lastSyncAgo = run.map { .nanoseconds(now.nanoseconds - $0.lastSync.nanoseconds) }
+        }
+    }
+}
+
+public enum RecorderError: Error, CustomStringConvertible {
+    case alreadyRecording
+    case notRecording
+    case runExists(String)
+
+    public var description: String {
+        switch self {
+        case .alreadyRecording: "a run is already recording; stop it first (`operandoctl run stop`)"
+        case .notRecording: "no run is recording; start one with `operandoctl run start NAME`"
+        case .runExists(let d): "run directory \(d) already exists; choose another run name"
+        }
+    }
+}
