@@ -1,0 +1,200 @@
+/// Typed results of the control commands, shared by the daemon and `operandoctl`.
+
+public struct StreamStatusInfo: Codable, Sendable {
+    public var name: String
+    public var produced: UInt64
+    public var written: UInt64
+    public var dropped: UInt64
+    /// Records per second over the last few seconds.
+    public var ratePerSecond: Double
+    /// 0…1.
+    public var ringFill: Double
+    public var ringBytes: Int
+    public var policy: String
+
+    public init(name: String, produced: UInt64, written: UInt64, dropped: UInt64, ratePerSecond: Double, ringFill: Double, ringBytes: Int, policy: String) {
+        self.name = name
+        self.produced = produced
+        self.written = written
+        self.dropped = dropped
+        self.ratePerSecond = ratePerSecond
+        self.ringFill = ringFill
+        self.ringBytes = ringBytes
+        self.policy = policy
+    }
+}
+
+public struct RunInfo: Codable, Sendable {
+    public var name: String
+    public var id: String
+    public var directory: String
+    public var state: String
+    public var startedAt: String
+    public var stoppedAt: String?
+    public var elapsedSeconds: Double?
+
+    public init(name: String, id: String, directory: String, state: String, startedAt: String, stoppedAt: String?, elapsedSeconds: Double?) {
+        self.name = name
+        self.id = id
+        self.directory = directory
+        self.state = state
+        self.startedAt = startedAt
+        self.stoppedAt = stoppedAt
+        self.elapsedSeconds = elapsedSeconds
+    }
+}
+
+public struct StatusResult: Codable, Sendable {
+    public var daemonVersion: String
+    public var protocolVersion: Int
+    public var pid: Int32
+    public var uptimeSeconds: Double
+    public var hostTimeNanoseconds: Int64
+    /// "idle" or "recording".
+    public var state: String
+    public var run: RunInfo?
+    public var dataDirectory: String
+    public var durability: String
+    public var writeError: String?
+    public var bytesWritten: UInt64
+    public var memoryBudgetBytes: Int
+    public var memoryUsedBytes: Int
+    public var devicesConnected: Int
+    public var devicesTotal: Int
+    public var streams: [StreamStatusInfo]
+
+    public init(
+        daemonVersion: String, protocolVersion: Int, pid: Int32, uptimeSeconds: Double, hostTimeNanoseconds: Int64, state: String, run: RunInfo?,
+        dataDirectory: String, durability: String, writeError: String?, bytesWritten: UInt64, memoryBudgetBytes: Int, memoryUsedBytes: Int,
+        devicesConnected: Int, devicesTotal: Int, streams: [StreamStatusInfo]
+    ) {
+        self.daemonVersion = daemonVersion
+        self.protocolVersion = protocolVersion
+        self.pid = pid
+        self.uptimeSeconds = uptimeSeconds
+        self.hostTimeNanoseconds = hostTimeNanoseconds
+        self.state = state
+        self.run = run
+        self.dataDirectory = dataDirectory
+        self.durability = durability
+        self.writeError = writeError
+        self.bytesWritten = bytesWritten
+        self.memoryBudgetBytes = memoryBudgetBytes
+        self.memoryUsedBytes = memoryUsedBytes
+        self.devicesConnected = devicesConnected
+        self.devicesTotal = devicesTotal
+        self.streams = streams
+    }
+}
+
+public struct DeviceInfo: Codable, Sendable {
+    public var name: String
+    public var driver: String
+    public var transport: String
+    /// "connecting", "connected", "disconnected", "stopped".
+    public var state: String
+    public var model: String?
+    public var serialNumber: String?
+    public var firmware: String?
+    public var reconnects: Int
+    public var lastError: String?
+    public var streams: [String]
+
+    public init(name: String, driver: String, transport: String, state: String, model: String?, serialNumber: String?, firmware: String?, reconnects: Int, lastError: String?, streams: [String]) {
+        self.name = name
+        self.driver = driver
+        self.transport = transport
+        self.state = state
+        self.model = model
+        self.serialNumber = serialNumber
+        self.firmware = firmware
+        self.reconnects = reconnects
+        self.lastError = lastError
+        self.streams = streams
+    }
+}
+
+public struct StreamCounts: Codable, Sendable, Equatable {
+    public var name: String
+    public var produced: UInt64
+    public var written: UInt64
+    public var dropped: UInt64
+    public var bytes: UInt64
+
+    public init(name: String, produced: UInt64, written: UInt64, dropped: UInt64, bytes: UInt64) {
+        self.name = name
+        self.produced = produced
+        self.written = written
+        self.dropped = dropped
+        self.bytes = bytes
+    }
+}
+
+public struct RunStopResult: Codable, Sendable {
+    public var run: RunInfo
+    public var stopReason: String
+    public var streams: [StreamCounts]
+
+    public init(run: RunInfo, stopReason: String, streams: [StreamCounts]) {
+        self.run = run
+        self.stopReason = stopReason
+        self.streams = streams
+    }
+}
+
+public struct RunListEntry: Codable, Sendable {
+    public var run: RunInfo
+    public var records: UInt64?
+    public var bytes: UInt64?
+    public var dropped: UInt64?
+
+    public init(run: RunInfo, records: UInt64?, bytes: UInt64?, dropped: UInt64?) {
+        self.run = run
+        self.records = records
+        self.bytes = bytes
+        self.dropped = dropped
+    }
+}
+
+public struct MarkResult: Codable, Sendable {
+    public var hostTimeNanoseconds: Int64
+    public init(hostTimeNanoseconds: Int64) { self.hostTimeNanoseconds = hostTimeNanoseconds }
+}
+
+public struct TailEntry: Codable, Sendable {
+    public var sequence: UInt64
+    public var hostTimeNanoseconds: Int64
+    public var deviceTimeNanoseconds: Int64?
+    /// For sample streams: the values of the newest sample; for frames: the first values and a summary.
+    public var values: [Double]?
+    /// For event streams: the event as JSON.
+    public var event: JSONValue?
+    public var payloadBytes: Int
+
+    public init(sequence: UInt64, hostTimeNanoseconds: Int64, deviceTimeNanoseconds: Int64?, values: [Double]?, event: JSONValue?, payloadBytes: Int) {
+        self.sequence = sequence
+        self.hostTimeNanoseconds = hostTimeNanoseconds
+        self.deviceTimeNanoseconds = deviceTimeNanoseconds
+        self.values = values
+        self.event = event
+        self.payloadBytes = payloadBytes
+    }
+}
+
+public struct TailResult: Codable, Sendable {
+    public var stream: String
+    public var kind: String
+    /// Column names with units, e.g. "E (V)".
+    public var columns: [String]
+    public var entries: [TailEntry]
+    /// Pass as `after` to get only newer entries.
+    public var next: UInt64?
+
+    public init(stream: String, kind: String, columns: [String], entries: [TailEntry], next: UInt64?) {
+        self.stream = stream
+        self.kind = kind
+        self.columns = columns
+        self.entries = entries
+        self.next = next
+    }
+}
