@@ -1,0 +1,398 @@
+import Foundation
+import OperandoCore
+import TOMLKit
+
+/// How a device is reached.
+public enum TransportSpec: Sendable, Equatable, CustomStringConvertible {
+    /// The driver talks to its simulator in process, over an in-memory link.
+    case simulated
+    /// A TCP connection (`tcp:HOST:PORT`).
+    case tcp(host: String, port: UInt16)
+    /// A serial port by path (`serial:/dev/ttyUSB0`). Reserved: opened by the serial transport.
+    case serial(path: String)
+    /// A USB device by `usb:VID:PID[:SERIAL]`. Reserved: opened by the USB transport.
+    case usb(vendor: UInt16, product: UInt16, serial: String?)
+
+    public var description: String {
+        switch self {
+        case .simulated: "simulated"
+        case .tcp(let h, let p): "tcp:\(h):\(p)"
+        case .serial(let p): "serial:\(p)"
+        case .usb(let v, let p, let s): "usb:" + String(format: "%04x:%04x", v, p) + (s.map { ":\($0)" } ?? "")
+        }
+    }
+
+    struct Invalid: Error { var message: String }
+
+    static func parse(_ text: String) -> Result<TransportSpec, Invalid> {
+        if text == "simulated" { return .success(.simulated) }
+        if text.hasPrefix("tcp:") {
+            let rest = text.dropFirst(4)
+            guard let colon = rest.lastIndex(of: ":"), let port = UInt16(rest[rest.index(after: colon)...]), port > 0, colon > rest.startIndex else {
+                return .failure(Invalid(message: "expected tcp:HOST:PORT, e.g. \"tcp:127.0.0.1:6501\""))
+            }
+            return .success(.tcp(host: String(rest[..<colon]), port: port))
+        }
+        if text.hasPrefix("serial:") {
+            let path = String(text.dropFirst(7))
+            guard path.hasPrefix("/dev/") else { return .failure(Invalid(message: "expected serial:/dev/NAME, e.g. \"serial:/dev/ttyUSB0\"")) }
+            return .success(.serial(path: path))
+        }
+        if text.hasPrefix("usb:") {
+            let parts = text.dropFirst(4).split(separator: ":", maxSplits: 2).map(String.init)
+            guard parts.count >= 2, let v = UInt16(parts[0], radix: 16), let p = UInt16(parts[1], radix: 16) else {
+                return .failure(Invalid(message: "expected usb:VID:PID[:SERIAL] in hex, e.g. \"usb:10c4:842a\""))
+            }
+            return .success(.usb(vendor: v, product: p, serial: parts.count == 3 ? parts[2] : nil))
+        }
+        return .failure(Invalid(message: "expected \"simulated\", \"tcp:HOST:PORT\", \"serial:/dev/…\" or \"usb:VID:PID[:SERIAL]\""))
+    }
+}
+
+public struct DeviceConfig: Sendable {
+    public var name: String
+    public var driver: String
+    public var transport: TransportSpec
+    public var ringBytes: Int?
+    public var overflow: OverflowPolicy
+    public var settings: DeviceSettings
+}
+
+public struct DaemonConfig: Sendable {
+    public var path: String
+    /// The file exactly as read, for run provenance.
+    public var text: String
+    public var socketPath: String
+    public var dataDirectory: String
+    public var memoryBudgetBytes: Int
+    public var syncInterval: Duration
+    public var segmentBytes: Int
+    public var anchorInterval: Duration
+    public var defaultRingBytes: Int
+    public var reconnectMax: Duration
+    public var logLevel: String
+    public var timeScale: Double
+    public var initialStateOfCharge: Double
+    public var devices: [DeviceConfig]
+}
+
+/// One configuration key: where it lives, its default, its bounds and what it means. Every key
+/// the daemon reads is declared here; the README's reference is printed from this table by
+/// `operandod --config-reference`.
+public struct ConfigKey: Sendable {
+    public enum Kind: Sendable {
+        case integer(ClosedRange<Int>)
+        case number(ClosedRange<Double>)
+        case string
+        case choice([String])
+        case transport
+        case table
+    }
+
+    public var table: String
+    public var key: String
+    public var kind: Kind
+    /// The default as written in TOML; nil when required.
+    public var defaultValue: String?
+    public var doc: String
+
+    public static let all: [ConfigKey] = [
+        ConfigKey(table: "daemon", key: "socket", kind: .string, defaultValue: "\"/run/operandod/control.sock\"", doc: "Control socket path (created 0660). `--socket` overrides it."),
+        ConfigKey(table: "daemon", key: "data_dir", kind: .string, defaultValue: "\"/var/lib/operandod\"", doc: "Where runs are stored (`runs/<time>-<name>/`). `--data-dir` overrides it."),
+        ConfigKey(table: "daemon", key: "memory_budget_mb", kind: .integer(1...65536), defaultValue: "256", doc: "All ring buffers together may use at most this much memory (MiB), allocated at start."),
+        ConfigKey(table: "daemon", key: "ring_mb", kind: .integer(1...16384), defaultValue: "16", doc: "Ring size per stream (MiB) unless a device sets its own."),
+        ConfigKey(table: "daemon", key: "sync_interval_ms", kind: .integer(10...60000), defaultValue: "500", doc: "fdatasync at least this often while recording: the most data (ms) lost on power failure."),
+        ConfigKey(table: "daemon", key: "segment_mb", kind: .integer(1...65536), defaultValue: "256", doc: "Start a new segment file when the current one reaches this size (MiB)."),
+        ConfigKey(table: "daemon", key: "anchor_interval_s", kind: .integer(1...3600), defaultValue: "60", doc: "Record a host-to-UTC clock anchor this often during a run (s)."),
+        ConfigKey(table: "daemon", key: "reconnect_max_s", kind: .integer(1...600), defaultValue: "10", doc: "Longest wait between reconnection attempts to a lost device (s); backoff starts at 0.1 s."),
+        ConfigKey(table: "daemon", key: "log_level", kind: .choice(["trace", "debug", "info", "notice", "warning", "error", "critical"]), defaultValue: "\"info\"", doc: "Least severe message logged on stderr."),
+        ConfigKey(table: "simulation", key: "time_scale", kind: .number(1...1_000_000), defaultValue: "600", doc: "Cell seconds per host second for the shared virtual cell (simulated devices only)."),
+        ConfigKey(table: "simulation", key: "initial_soc", kind: .number(0...1), defaultValue: "0.1", doc: "State of charge of the virtual cell at start."),
+        ConfigKey(table: "device", key: "name", kind: .string, defaultValue: nil, doc: "Unique device name: letters, digits, `-`, `_`. Streams are named `<name>/<stream>`."),
+        ConfigKey(table: "device", key: "driver", kind: .choice(DriverRegistry.names), defaultValue: nil, doc: "Which driver speaks to it."),
+        ConfigKey(table: "device", key: "transport", kind: .transport, defaultValue: nil, doc: "`simulated`, `tcp:HOST:PORT` (serial and USB transports arrive with their drivers)."),
+        ConfigKey(table: "device", key: "ring_mb", kind: .integer(1...16384), defaultValue: "[daemon] ring_mb", doc: "Ring size for each of this device's streams (MiB)."),
+        ConfigKey(table: "device", key: "overflow", kind: .choice(OverflowPolicy.allCases.map(\.rawValue)), defaultValue: "\"block\"", doc: "When a ring is full: `block` the device thread, `drop-oldest` or `drop-newest`. Drops are counted and reported."),
+        ConfigKey(table: "device", key: "settings", kind: .table, defaultValue: "{}", doc: "Driver settings, e.g. `rate_hz` and `current_a` (demo-potentiostat), `channels` and `interval_ms` (demo-xrf)."),
+    ]
+}
+
+/// A configuration problem: file, line (when known), key, and what was expected.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public var file: String
+    public var line: Int?
+    public var key: String
+    public var message: String
+
+    public var description: String {
+        "\(file)\(line.map { ":\($0)" } ?? ""): \(key.isEmpty ? "" : "\(key): ")\(message)"
+    }
+}
+
+/// Loads and validates a configuration file. Every problem found is reported, not just the first.
+public enum ConfigLoader {
+    public static func load(path: String) throws -> DaemonConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigErrors([ConfigError(file: path, line: nil, key: "", message: "cannot read the configuration file (\(error.localizedDescription)); check the path and permissions")])
+        }
+        return try parse(text: text, path: path)
+    }
+
+    public static func parse(text: String, path: String) throws -> DaemonConfig {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw ConfigErrors([ConfigError(file: path, line: e.source.begin.line, key: "", message: "not valid TOML: \(e.description)")])
+        }
+        var v = Validator(path: path, locator: KeyLocator(text: text))
+        let known = ["daemon", "simulation", "device"]
+        for key in table.keys where !known.contains(key) {
+            v.error(key, "unknown table or key; expected one of [daemon], [simulation], [[device]]")
+        }
+        let daemon = v.table(table, "daemon")
+        let simulation = v.table(table, "simulation")
+        v.checkUnknown(daemon, "daemon")
+        v.checkUnknown(simulation, "simulation")
+
+        var devices: [DeviceConfig] = []
+        let defaultRingMB = v.int(daemon, "daemon", "ring_mb")
+        switch table["device"] {
+        case nil: break
+        case let value? where value.array != nil:
+            var names = Set<String>()
+            for (i, item) in value.array!.enumerated() {
+                let where_ = "device[\(i)]"
+                guard let t = item.table else {
+                    v.error(where_, "each device must be a table: write it as [[device]]")
+                    continue
+                }
+                v.checkUnknown(t, where_, schema: "device")
+                let name = v.string(t, where_, "name", schema: "device")
+                if let name {
+                    if !name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) || name.isEmpty {
+                        v.error("\(where_).name", "\"\(name)\" must be letters, digits, '-' or '_'")
+                    } else if name == "daemon" {
+                        v.error("\(where_).name", "\"daemon\" is reserved for the daemon's own events")
+                    } else if !names.insert(name).inserted {
+                        v.error("\(where_).name", "\"\(name)\" is used by another device; names must be unique")
+                    }
+                }
+                let driver = v.choice(t, where_, "driver", schema: "device")
+                let transport = v.transport(t, where_)
+                let ring = v.int(t, where_, "ring_mb", schema: "device", required: false)
+                let overflow = v.choice(t, where_, "overflow", schema: "device").flatMap(OverflowPolicy.init(rawValue:)) ?? .block
+                var settings = DeviceSettings()
+                if let s = t["settings"] {
+                    if let st = s.table {
+                        for k in st.keys {
+                            if let x = st[k] {
+                                if let b = x.bool { settings.values[k] = .bool(b) }
+                                else if let n = x.int { settings.values[k] = .integer(Int64(n)) }
+                                else if let d = x.double { settings.values[k] = .number(d) }
+                                else if let str = x.string { settings.values[k] = .string(str) }
+                                else { v.error("\(where_).settings.\(k)", "settings must be strings, numbers or booleans") }
+                            }
+                        }
+                    } else {
+                        v.error("\(where_).settings", "expected a table, e.g. [device.settings]")
+                    }
+                }
+                if let name, let driver, let transport {
+                    // Let the driver check its own settings now, so errors show before the daemon starts.
+                    do {
+                        _ = try DriverRegistry.makeDriver(driver, name: name, settings: settings)
+                    } catch {
+                        v.error("\(where_).settings", "\(error)")
+                    }
+                    devices.append(DeviceConfig(name: name, driver: driver, transport: transport, ringBytes: (ring ?? defaultRingMB).map { $0 << 20 }, overflow: overflow, settings: settings))
+                }
+            }
+        case _?:
+            v.error("device", "devices are declared as an array of tables: write each one as [[device]]")
+        }
+
+        let config = DaemonConfig(
+            path: path, text: text,
+            socketPath: v.string(daemon, "daemon", "socket") ?? ControlSocketDefaults.path,
+            dataDirectory: v.string(daemon, "daemon", "data_dir") ?? "/var/lib/operandod",
+            memoryBudgetBytes: (v.int(daemon, "daemon", "memory_budget_mb") ?? 256) << 20,
+            syncInterval: .milliseconds(v.int(daemon, "daemon", "sync_interval_ms") ?? 500),
+            segmentBytes: (v.int(daemon, "daemon", "segment_mb") ?? 256) << 20,
+            anchorInterval: .seconds(v.int(daemon, "daemon", "anchor_interval_s") ?? 60),
+            defaultRingBytes: (defaultRingMB ?? 16) << 20,
+            reconnectMax: .seconds(v.int(daemon, "daemon", "reconnect_max_s") ?? 10),
+            logLevel: v.choice(daemon, "daemon", "log_level") ?? "info",
+            timeScale: v.double(simulation, "simulation", "time_scale") ?? 600,
+            initialStateOfCharge: v.double(simulation, "simulation", "initial_soc") ?? 0.1,
+            devices: devices)
+        let ringTotal = config.devices.reduce(0) { total, d in
+            let streams = (try? DriverRegistry.makeDriver(d.driver, name: d.name, settings: d.settings).streams.count) ?? 1
+            return total + (streams + 1) * (d.ringBytes ?? config.defaultRingBytes)
+        } + config.defaultRingBytes
+        if ringTotal > config.memoryBudgetBytes {
+            v.error("daemon.memory_budget_mb", "the rings need \(ringTotal >> 20) MiB (each stream, plus one events stream per device and one for the daemon) but the budget is \(config.memoryBudgetBytes >> 20) MiB; raise memory_budget_mb or lower ring_mb")
+        }
+        if !v.errors.isEmpty { throw ConfigErrors(v.errors) }
+        return config
+    }
+}
+
+public enum ControlSocketDefaults {
+    public static let path = "/run/operandod/control.sock"
+}
+
+/// All problems found in a configuration file, one per line.
+public struct ConfigErrors: Error, CustomStringConvertible, Sendable {
+    public var errors: [ConfigError]
+    public init(_ errors: [ConfigError]) { self.errors = errors }
+    public var description: String { errors.map(\.description).joined(separator: "\n") }
+}
+
+/// Finds the line of `table.key` / `device[i].key` in TOML text written with [table] headers.
+struct KeyLocator {
+    private var lines: [String: Int] = [:]
+
+    init(text: String) {
+        var prefix = ""
+        var arrayCounts: [String: Int] = [:]
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("[[") , let end = line.range(of: "]]") {
+                let name = line[line.index(line.startIndex, offsetBy: 2)..<end.lowerBound].trimmingCharacters(in: .whitespaces)
+                let i = arrayCounts[name, default: -1] + 1
+                arrayCounts[name] = i
+                prefix = "\(name)[\(i)]"
+                lines[prefix] = n + 1
+            } else if line.hasPrefix("["), let end = line.firstIndex(of: "]") {
+                let name = line[line.index(after: line.startIndex)..<end].trimmingCharacters(in: .whitespaces)
+                // [device.settings] after [[device]] belongs to the latest device.
+                let parts = name.split(separator: ".", maxSplits: 1).map(String.init)
+                if parts.count == 2, let i = arrayCounts[parts[0]] {
+                    prefix = "\(parts[0])[\(i)].\(parts[1])"
+                } else {
+                    prefix = name
+                }
+                lines[prefix] = n + 1
+            } else if let eq = line.firstIndex(of: "="), !line.hasPrefix("#") {
+                let key = line[..<eq].trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+                lines[prefix.isEmpty ? key : "\(prefix).\(key)"] = n + 1
+            }
+        }
+    }
+
+    func line(_ path: String) -> Int? {
+        if let l = lines[path] { return l }
+        // Fall back to the enclosing table.
+        var p = path
+        while let dot = p.lastIndex(of: ".") {
+            p = String(p[..<dot])
+            if let l = lines[p] { return l }
+        }
+        return nil
+    }
+}
+
+/// Typed, bounds-checked reads against `ConfigKey.all`, collecting errors.
+struct Validator {
+    let path: String
+    let locator: KeyLocator
+    var errors: [ConfigError] = []
+
+    mutating func error(_ key: String, _ message: String) {
+        errors.append(ConfigError(file: path, line: locator.line(key), key: key, message: message))
+    }
+
+    private func spec(_ schema: String, _ key: String) -> ConfigKey {
+        ConfigKey.all.first { $0.table == schema && $0.key == key }!
+    }
+
+    mutating func table(_ root: TOMLTable, _ name: String) -> TOMLTable? {
+        guard let v = root[name] else { return nil }
+        guard let t = v.table else {
+            error(name, "expected a table: write it as [\(name)]")
+            return nil
+        }
+        return t
+    }
+
+    mutating func checkUnknown(_ t: TOMLTable?, _ where_: String, schema: String? = nil) {
+        guard let t else { return }
+        let allowed = ConfigKey.all.filter { $0.table == (schema ?? where_) }.map(\.key)
+        for k in t.keys where !allowed.contains(k) {
+            error("\(where_).\(k)", "unknown key; [\(schema ?? where_)] accepts \(allowed.joined(separator: ", "))")
+        }
+    }
+
+    private mutating func value(_ t: TOMLTable?, _ where_: String, _ key: String, schema: String?, required: Bool) -> (any TOMLValueConvertible)? {
+        let spec = spec(schema ?? where_, key)
+        guard let v = t?[key] else {
+            if required && spec.defaultValue == nil { error("\(where_).\(key)", "is required: \(spec.doc)") }
+            return nil
+        }
+        return v
+    }
+
+    mutating func int(_ t: TOMLTable?, _ where_: String, _ key: String, schema: String? = nil, required: Bool = true) -> Int? {
+        guard let v = value(t, where_, key, schema: schema, required: required) else { return nil }
+        guard case .integer(let range) = spec(schema ?? where_, key).kind else { return nil }
+        guard let i = v.int else {
+            error("\(where_).\(key)", "expected a whole number in \(range.lowerBound)…\(range.upperBound), got \(v.debugDescription)")
+            return nil
+        }
+        guard range.contains(i) else {
+            error("\(where_).\(key)", "\(i) is outside \(range.lowerBound)…\(range.upperBound)")
+            return nil
+        }
+        return i
+    }
+
+    mutating func double(_ t: TOMLTable?, _ where_: String, _ key: String, schema: String? = nil) -> Double? {
+        guard let v = value(t, where_, key, schema: schema, required: true) else { return nil }
+        guard case .number(let range) = spec(schema ?? where_, key).kind else { return nil }
+        guard let d = v.double ?? v.int.map(Double.init) else {
+            error("\(where_).\(key)", "expected a number in \(range.lowerBound)…\(range.upperBound), got \(v.debugDescription)")
+            return nil
+        }
+        guard range.contains(d) else {
+            error("\(where_).\(key)", "\(d) is outside \(range.lowerBound)…\(range.upperBound)")
+            return nil
+        }
+        return d
+    }
+
+    mutating func string(_ t: TOMLTable?, _ where_: String, _ key: String, schema: String? = nil) -> String? {
+        guard let v = value(t, where_, key, schema: schema, required: true) else { return nil }
+        guard let s = v.string, !s.isEmpty else {
+            error("\(where_).\(key)", "expected a non-empty string, got \(v.debugDescription)")
+            return nil
+        }
+        return s
+    }
+
+    mutating func choice(_ t: TOMLTable?, _ where_: String, _ key: String, schema: String? = nil) -> String? {
+        guard let v = value(t, where_, key, schema: schema, required: true) else { return nil }
+        guard case .choice(let options) = spec(schema ?? where_, key).kind else { return nil }
+        guard let s = v.string, options.contains(s) else {
+            error("\(where_).\(key)", "expected one of \(options.map { "\"\($0)\"" }.joined(separator: ", ")), got \(v.debugDescription)")
+            return nil
+        }
+        return s
+    }
+
+    mutating func transport(_ t: TOMLTable, _ where_: String) -> TransportSpec? {
+        guard let s = string(t, where_, "transport", schema: "device") else { return nil }
+        switch TransportSpec.parse(s) {
+        case .success(.serial), .success(.usb):
+            error("\(where_).transport", "\"\(s)\": serial and USB transports are not in this build yet; use \"simulated\" or \"tcp:HOST:PORT\"")
+            return nil
+        case .success(let spec): return spec
+        case .failure(let invalid):
+            error("\(where_).transport", "\"\(s)\": \(invalid.message)")
+            return nil
+        }
+    }
+}

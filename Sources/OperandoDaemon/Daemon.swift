@@ -1,0 +1,335 @@
+import Foundation
+import Logging
+import OperandoBuffers
+import OperandoControl
+import OperandoCore
+import OperandoIO
+import OperandoStore
+import OperandoVirtualCell
+import Synchronization
+
+/// The daemon: devices, rings, the writer, and the control commands that tie them together.
+/// Executables only wire this up (see `services()`).
+public final class Daemon: @unchecked Sendable {
+    public static let version = "0.1.0"
+
+    public let config: DaemonConfig
+    public let socketPath: String
+    public let dataDirectory: String
+    let clock: any HostClock
+    let logger: Logger
+    let budget: MemoryBudget
+    let daemonEvents: DaemonEvents
+    let runners: [DeviceRunner]
+    /// Every stream's channel, indexed by stream id.
+    let channels: [StreamChannel]
+    let recorder: Recorder
+    let notifier: SystemdNotifier
+    let cell: VirtualCell
+    let started: HostInstant
+    private let rates = Mutex<(at: HostInstant, produced: [UInt64], rates: [Double])?>(nil)
+
+    public init(config: DaemonConfig, socketPath: String?, dataDirectory: String?, environment: [String: String], logger: Logger, clock: any HostClock = MonotonicRawClock()) throws {
+        self.config = config
+        self.socketPath = socketPath ?? config.socketPath
+        self.dataDirectory = dataDirectory ?? config.dataDirectory
+        self.clock = clock
+        self.logger = logger
+        notifier = SystemdNotifier(environment: environment)
+        started = clock.now()
+        let budget = MemoryBudget(limitBytes: config.memoryBudgetBytes)
+        self.budget = budget
+        let configPath = config.path
+        var params = VirtualCell.Parameters()
+        params.timeScale = config.timeScale
+        params.initialStateOfCharge = config.initialStateOfCharge
+        let cell = VirtualCell(params)
+        self.cell = cell
+
+        var channels: [StreamChannel] = []
+        func makeChannel(_ descriptor: StreamDescriptor, ringBytes: Int, policy: OverflowPolicy) throws -> StreamChannel {
+            var d = descriptor
+            d.id = UInt32(channels.count)
+            let needed = 4 * RecordLayout.recordSize(payloadBytes: d.maxPayloadBytes)
+            guard ringBytes >= needed else {
+                throw ConfigErrors([ConfigError(file: configPath, line: nil, key: "ring_mb", message: "the ring for \(d.name) (\(ringBytes) bytes) cannot hold 4 of its \(d.maxPayloadBytes)-byte records; raise ring_mb")])
+            }
+            try budget.reserve(ringBytes)
+            let channel = StreamChannel(descriptor: d, ringBytes: ringBytes, policy: policy, backoff: ThreadSleep.ringBackoff)
+            channels.append(channel)
+            return channel
+        }
+        let eventRing = min(config.defaultRingBytes, 4 << 20)
+        let daemonEvents = DaemonEvents(channel: try makeChannel(.events(device: "daemon"), ringBytes: eventRing, policy: .block))
+        var runners: [DeviceRunner] = []
+        for device in config.devices {
+            let driver = try DriverRegistry.makeDriver(device.driver, name: device.name, settings: device.settings)
+            let ring = device.ringBytes ?? config.defaultRingBytes
+            let streamChannels = try driver.streams.map { try makeChannel($0, ringBytes: ring, policy: device.overflow) }
+            let events = try makeChannel(.events(device: device.name), ringBytes: min(ring, 4 << 20), policy: .block)
+            let sink = ChannelSink(channels: streamChannels, events: events, clock: clock)
+            runners.append(DeviceRunner(config: device, driver: driver, sink: sink, cell: cell, clock: clock, reconnectMax: config.reconnectMax, logger: logger))
+        }
+        self.channels = channels
+        self.runners = runners
+        self.daemonEvents = daemonEvents
+        recorder = Recorder(
+            channels: channels, clock: clock,
+            options: Recorder.Options(syncInterval: config.syncInterval, segmentBytes: config.segmentBytes, anchorInterval: config.anchorInterval),
+            logger: logger)
+        try FileSystem.makeDirectories(self.dataDirectory + "/runs")
+        logger.info("operandod \(Self.version): \(self.runners.count) device(s), \(channels.count) stream(s), \(budget.usedBytes >> 20) MiB of rings preallocated, data in \(self.dataDirectory)")
+    }
+
+    // MARK: Lifecycle pieces used by the services
+
+    func startDevices() { for r in runners { r.start() } }
+    func stopDevices() { for r in runners { r.stop() } }
+
+    func event(_ kind: Event.Kind, _ message: String, values: [String: EventValue] = [:]) -> HostInstant {
+        let now = clock.now()
+        daemonEvents.record(Event(kind: kind, source: "daemon", hostTime: now, message: message, values: values))
+        return now
+    }
+
+    /// Stops the writer after closing any run, on a thread of its own (it may wait for the disk).
+    func shutdownRecorder(reason: String) {
+        let wasRecording = recorder.status.recording
+        if wasRecording {
+            _ = event(.stateChange, "run stopping: \(reason)")
+        }
+        recorder.shutdown(reason: reason)
+        if wasRecording, let run = recorder.status.run, let summary = run.summary {
+            logger.info("run \(run.name) closed at shutdown: \(summary.reduce(0) { $0 + $1.written }) records written, \(summary.reduce(0) { $0 + $1.dropped }) dropped")
+        }
+    }
+
+    // MARK: Commands
+
+    public func handle(_ request: ControlRequest, peer: PeerCredentials?) -> ControlReply {
+        let args = request.args ?? [:]
+        do {
+            let result: JSONValue
+            switch request.cmd {
+            case "status": result = try JSONValue(encoding: status())
+            case "devices": result = try JSONValue(encoding: devices())
+            case "run.start": result = try JSONValue(encoding: startRun(args, peer: peer))
+            case "run.stop": result = try JSONValue(encoding: stopRun(args))
+            case "run.list": result = try JSONValue(encoding: listRuns())
+            case "mark": result = try JSONValue(encoding: mark(args, peer: peer))
+            case "tail": result = try JSONValue(encoding: tail(args))
+            case "sim.unplug", "sim.replug": result = try simulatedCable(args, plug: request.cmd == "sim.replug")
+            default:
+                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, run.start, run.stop, run.list, mark, tail, sim.unplug, sim.replug")
+            }
+            return .success(id: request.id, result)
+        } catch let error as ControlError {
+            return .failure(id: request.id, error)
+        } catch let error as RecorderError {
+            let code: ControlErrorCode = switch error {
+            case .alreadyRecording, .notRecording, .runExists: .conflict
+            }
+            return .failure(id: request.id, ControlError(code, "\(error)"))
+        } catch {
+            logger.error("\(request.cmd) failed: \(error)")
+            return .failure(id: request.id, ControlError(.failed, "\(request.cmd) failed: \(error)"))
+        }
+    }
+
+    private func string(_ args: [String: JSONValue], _ key: String, required: Bool = true) throws -> String? {
+        switch args[key] {
+        case .string(let s)?: return s
+        case nil, .null?:
+            if required { throw ControlError(.badArguments, "missing \"\(key)\" (a string)") }
+            return nil
+        case let other?: throw ControlError(.badArguments, "\"\(key)\" must be a string, got \(other)")
+        }
+    }
+
+    func status() -> StatusResult {
+        let s = recorder.status
+        let now = clock.now()
+        let produced = channels.map(\.produced)
+        let currentRates: [Double] = rates.withLock { r in
+            if let prev = r, now.seconds(since: prev.at) < 1 { return prev.rates }
+            let base = r?.produced ?? Array(repeating: 0, count: produced.count)
+            let computed = zip(produced, base).map { Double($0 - $1) / max(1e-3, now.seconds(since: r?.at ?? started)) }
+            r = (now, produced, computed)
+            return computed
+        }
+        let streams = s.streams.enumerated().map { i, st in
+            StreamStatusInfo(name: st.name, produced: st.produced, written: st.written, dropped: st.dropped, ratePerSecond: i < currentRates.count ? currentRates[i] : 0,
+                             ringFill: st.ringFill, ringBytes: st.ringBytes, policy: st.policy)
+        }
+        let snapshots = runners.map(\.snapshot)
+        return StatusResult(
+            daemonVersion: Self.version, protocolVersion: ControlProtocol.version, pid: getpid(), uptimeSeconds: now.seconds(since: started), hostTimeNanoseconds: now.nanoseconds,
+            state: s.recording ? "recording" : "idle", run: s.recording ? s.run.map { runInfo($0, directory: s.runDirectory ?? "", now: now) } : nil,
+            dataDirectory: dataDirectory, durability: Recorder.Options(syncInterval: config.syncInterval).durabilityStatement, writeError: s.writeError,
+            bytesWritten: s.bytesWritten, memoryBudgetBytes: budget.limitBytes, memoryUsedBytes: budget.usedBytes,
+            devicesConnected: snapshots.filter { $0.state == .connected }.count, devicesTotal: runners.count, streams: streams)
+    }
+
+    private func runInfo(_ m: RunManifest, directory: String, now: HostInstant?) -> RunInfo {
+        let elapsed: Double? = if let stop = m.stopAnchor { stop.host.seconds(since: m.startAnchor.host) } else { now.map { $0.seconds(since: m.startAnchor.host) } }
+        return RunInfo(name: m.name, id: m.id, directory: directory, state: m.state.rawValue, startedAt: m.startedAt, stoppedAt: m.stoppedAt, elapsedSeconds: elapsed)
+    }
+
+    func devices() -> [DeviceInfo] {
+        runners.map { r in
+            let s = r.snapshot
+            return DeviceInfo(
+                name: r.config.name, driver: r.config.driver, transport: r.config.transport.description, state: s.state.rawValue,
+                model: s.identity?.model, serialNumber: s.identity?.serialNumber, firmware: s.identity?.firmware, reconnects: s.reconnects,
+                lastError: s.lastError, streams: r.driver.streams.map(\.name))
+        }
+    }
+
+    private func provenance() -> Provenance {
+        let host = ProcessInfo.processInfo.hostName
+        return Provenance(
+            daemonVersion: Self.version, hostName: host, configPath: config.path, configText: config.text,
+            devices: runners.map { r in
+                DeviceProvenance(name: r.config.name, driver: r.config.driver, driverVersion: type(of: r.driver).driverVersion, transport: r.config.transport.description, identity: r.snapshot.identity)
+            },
+            libraries: ["libserialport": SystemLibraries.libserialportVersion, "libusb": SystemLibraries.libusbVersion, "crc32c": CRC32C.isHardwareAccelerated ? "sse4.2" : "table"])
+    }
+
+    func startRun(_ args: [String: JSONValue], peer: PeerCredentials?) throws -> RunInfo {
+        let name = try string(args, "name")!
+        guard !name.isEmpty, name.count <= 100 else { throw ControlError(.badArguments, "\"name\" must be 1…100 characters") }
+        var metadata: [String: String] = [:]
+        switch args["meta"] {
+        case nil, .null?: break
+        case .object(let o)?:
+            for (k, v) in o {
+                guard case .string(let s) = v else { throw ControlError(.badArguments, "metadata value of \"\(k)\" must be a string, got \(v)") }
+                metadata[k] = s
+            }
+        case let other?: throw ControlError(.badArguments, "\"meta\" must be an object of strings, got \(other)")
+        }
+        let anchor = clock.realtimeAnchor()
+        let manifest = RunManifest(
+            id: UUID().uuidString, name: name, metadata: metadata, startAnchor: anchor,
+            startReason: "run.start from \(peer.map { "\($0)" } ?? "unknown peer")",
+            streams: channels.map(\.descriptor), provenance: provenance(),
+            durability: Recorder.Options(syncInterval: config.syncInterval).durabilityStatement)
+        let directory = try recorder.startRun(manifest: manifest, under: dataDirectory)
+        // Give the writer a moment to take the start, so this event is inside the run.
+        ThreadSleep.sleep(.milliseconds(5))
+        _ = event(.stateChange, "run \(name) started", values: ["run_id": .string(manifest.id)])
+        logger.info("run \(name) started in \(directory)")
+        notifier.notify("STATUS=recording run \(name)")
+        return runInfo(manifest, directory: directory, now: clock.now())
+    }
+
+    func stopRun(_ args: [String: JSONValue]) throws -> RunStopResult {
+        guard recorder.status.recording else { throw RecorderError.notRecording }
+        let reason = try string(args, "reason", required: false) ?? "run.stop"
+        let at = event(.stateChange, "run stopping: \(reason)")
+        let done = Completion<Result<RunManifest, any Error>>()
+        recorder.stopRun(at: at, reason: reason) { done.fulfil($0) }
+        let manifest = try done.wait().get()
+        let directory = recorder.status.runDirectory ?? ""
+        notifier.notify("STATUS=idle")
+        return RunStopResult(
+            run: runInfo(manifest, directory: directory, now: nil), stopReason: reason,
+            streams: (manifest.summary ?? []).map { StreamCounts(name: $0.name, produced: $0.produced, written: $0.written, dropped: $0.dropped, bytes: $0.bytes) })
+    }
+
+    func listRuns() throws -> [RunListEntry] {
+        let root = dataDirectory + "/runs"
+        let names = (try? FileSystem.list(root)) ?? []
+        return names.compactMap { name in
+            let dir = root + "/" + name
+            guard let m = try? RunManifest.load(dir + "/run.json") else { return nil }
+            return RunListEntry(
+                run: runInfo(m, directory: dir, now: nil), records: m.summary.map { $0.reduce(0) { $0 + $1.written } },
+                bytes: m.summary.map { $0.reduce(0) { $0 + $1.bytes } }, dropped: m.summary.map { $0.reduce(0) { $0 + $1.dropped } })
+        }
+    }
+
+    func mark(_ args: [String: JSONValue], peer: PeerCredentials?) throws -> MarkResult {
+        let text = try string(args, "text")!
+        guard text.utf8.count <= 4096 else { throw ControlError(.badArguments, "a marker is at most 4096 bytes") }
+        let at = event(.marker, text, values: peer.map { ["uid": .integer(Int64($0.uid)), "pid": .integer(Int64($0.pid))] } ?? [:])
+        return MarkResult(hostTimeNanoseconds: at.nanoseconds)
+    }
+
+    func tail(_ args: [String: JSONValue]) throws -> TailResult {
+        let name = try string(args, "stream")!
+        guard let channel = channels.first(where: { $0.descriptor.name == name }) else {
+            throw ControlError(.notFound, "no stream \"\(name)\"; streams: \(channels.map(\.descriptor.name).joined(separator: ", "))")
+        }
+        let after: UInt64? = switch args["after"] { case .number(let n)?: UInt64(max(0, n)); default: nil }
+        let d = channel.descriptor
+        let records = recorder.tail(stream: Int(d.id), after: after)
+        let entries = records.map { r -> TailEntry in
+            switch d.kind {
+            case .events:
+                let event = try? JSONDecoder().decode(JSONValue.self, from: Data(r.payload))
+                return TailEntry(sequence: r.sequence, hostTimeNanoseconds: r.hostTime.nanoseconds, deviceTimeNanoseconds: r.deviceTime, values: nil, event: event, payloadBytes: r.payloadBytes)
+            case .samples:
+                // The newest sample of the record.
+                let row = d.bytesPerItem
+                let start = max(0, (r.payloadBytes / max(1, row) - 1) * row)
+                let values = start + row <= r.payload.count ? ElementDecoding.values(Array(r.payload[start..<(start + row)]), d.elementType) : []
+                return TailEntry(sequence: r.sequence, hostTimeNanoseconds: r.hostTime.nanoseconds, deviceTimeNanoseconds: r.deviceTime, values: values, event: nil, payloadBytes: r.payloadBytes)
+            case .frames:
+                let values = ElementDecoding.values(r.payload, d.elementType)
+                return TailEntry(sequence: r.sequence, hostTimeNanoseconds: r.hostTime.nanoseconds, deviceTimeNanoseconds: r.deviceTime, values: values, event: nil, payloadBytes: r.payloadBytes)
+            }
+        }
+        return TailResult(stream: name, kind: d.kind.rawValue, columns: d.fields.map { "\($0.name) (\($0.unit))" }, entries: entries, next: records.last?.sequence ?? after)
+    }
+
+    private func simulatedCable(_ args: [String: JSONValue], plug: Bool) throws -> JSONValue {
+        let name = try string(args, "device")!
+        guard let runner = runners.first(where: { $0.config.name == name }) else { throw ControlError(.notFound, "no device \"\(name)\"") }
+        guard let link = runner.simulatedLink else { throw ControlError(.badArguments, "\(name) is not simulated; only simulated cables can be pulled from software") }
+        if plug { link.replug() } else { link.unplug() }
+        logger.notice("simulated cable of \(name) \(plug ? "plugged in" : "pulled")")
+        return .object(["device": .string(name), "plugged": .bool(plug)])
+    }
+}
+
+/// Turns little-endian element bytes into Doubles, for display.
+enum ElementDecoding {
+    static func values(_ bytes: [UInt8], _ type: ElementType) -> [Double] {
+        let n = bytes.count / max(1, type.size)
+        return bytes.withUnsafeBytes { b in
+            (0..<n).map { i in
+                let o = i * type.size
+                switch type {
+                case .uint8, .json: return Double(b[o])
+                case .uint16: return Double(UInt16(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt16.self)))
+                case .int16: return Double(Int16(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int16.self)))
+                case .uint32: return Double(UInt32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt32.self)))
+                case .int32: return Double(Int32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int32.self)))
+                case .uint64: return Double(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt64.self)))
+                case .int64: return Double(Int64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int64.self)))
+                case .float32: return Double(Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt32.self))))
+                case .float64: return Double(bitPattern: UInt64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt64.self)))
+                }
+            }
+        }
+    }
+}
+
+/// A one-shot value handed from one thread to a waiting one.
+final class Completion<T: Sendable>: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var value: T?
+
+    func fulfil(_ v: T) {
+        lock.withLock { value = v }
+        lock.broadcast()
+    }
+
+    func wait() -> T {
+        lock.withLock {
+            while value == nil { _ = lock.wait(until: { value != nil }, timeout: .seconds(1)) }
+            return value!
+        }
+    }
+}

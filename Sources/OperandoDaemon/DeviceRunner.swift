@@ -1,0 +1,143 @@
+import Logging
+import OperandoBuffers
+import OperandoCore
+import OperandoIO
+import OperandoVirtualCell
+import Synchronization
+
+/// Runs one device on its own thread: open, set up, acquire; on any failure record a
+/// disconnect, retry with backoff, replay setup, and record the gap once data flows again.
+/// Never lets a device take the daemon down.
+final class DeviceRunner: @unchecked Sendable {
+    enum State: String, Sendable {
+        case connecting, connected, disconnected, stopped
+    }
+
+    struct Snapshot: Sendable {
+        var state: State
+        var identity: DeviceIdentity?
+        var reconnects: Int
+        var lastError: String?
+    }
+
+    let config: DeviceConfig
+    let driver: any Instrument
+    let sink: ChannelSink
+    private let link: DeviceLink
+    /// Present for `simulated` devices: the in-memory cable, which tests can unplug.
+    let simulatedLink: InMemoryLink?
+    private let cell: VirtualCell
+    private let clock: any HostClock
+    private let logger: Logger
+    private let reconnectMax: Duration
+    private let stopping = Atomic<Bool>(false)
+    private let snapshotLock: Mutex<Snapshot>
+    private var thread: IOThread?
+    private var simulatorThread: IOThread?
+
+    init(config: DeviceConfig, driver: any Instrument, sink: ChannelSink, cell: VirtualCell, clock: any HostClock, reconnectMax: Duration, logger: Logger) {
+        self.config = config
+        self.driver = driver
+        self.sink = sink
+        self.cell = cell
+        self.clock = clock
+        self.reconnectMax = reconnectMax
+        var logger = logger
+        logger[metadataKey: "device"] = "\(config.name)"
+        self.logger = logger
+        snapshotLock = Mutex(Snapshot(state: .connecting, identity: nil, reconnects: 0, lastError: nil))
+        switch config.transport {
+        case .simulated:
+            let l = InMemoryLink(clock: clock)
+            simulatedLink = l
+            link = type(of: driver).linkKind == .packets ? .packets(l.hostPackets) : .byteStream(l.hostByteStream)
+        case .tcp(let host, let port):
+            simulatedLink = nil
+            link = .byteStream(TCPByteStream(host: host, port: port, clock: clock))
+        case .serial, .usb:
+            // Rejected when the configuration is loaded.
+            preconditionFailure("transport \(config.transport) is not available in this build")
+        }
+    }
+
+    var snapshot: Snapshot { snapshotLock.withLock { $0 } }
+    private var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
+    func start() {
+        if let simulated = simulatedLink {
+            let driverName = config.driver
+            let name = config.name
+            let cell = cell
+            let clock = clock
+            simulatorThread = IOThread(name: "sim-\(name)") { [self] in
+                // The simulator serves until the link is unplugged; then waits for a replug.
+                while !isStopping {
+                    if simulated.isPlugged {
+                        DriverRegistry.serveSimulator(driverName, name: name, link: simulated, cell: cell, clock: clock, shouldStop: { self.isStopping || !simulated.isPlugged })
+                    } else {
+                        ThreadSleep.sleep(.milliseconds(20))
+                    }
+                }
+            }
+        }
+        thread = IOThread(name: "dev-\(config.name)") { [self] in run() }
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        thread?.join()
+        simulatorThread?.join()
+        for c in sink.channels { c.close() }
+        sink.events.close()
+    }
+
+    private func update(_ body: (inout Snapshot) -> Void) { snapshotLock.withLock { body(&$0) } }
+
+    private func run() {
+        var backoff: Duration = .milliseconds(100)
+        var lostAt: HostInstant?
+        while !stopping.load(ordering: .relaxed) {
+            update { $0.state = .connecting }
+            do {
+                try link.open()
+                let identity = try driver.setup(link: link, sink: sink)
+                let now = clock.now()
+                if let lostAt {
+                    sink.event(Event(kind: .gap, source: config.name, hostTime: lostAt, endTime: now, message: "no data from \(config.name) while it was disconnected (\(String(format: "%.3f", now.seconds(since: lostAt))) s)"))
+                }
+                lostAt = nil
+                sink.event(Event(kind: .stateChange, source: config.name, hostTime: now, message: "connected: \(identity.model) serial \(identity.serialNumber) firmware \(identity.firmware)",
+                                 values: ["state": .string("connected"), "serial": .string(identity.serialNumber)]))
+                update { $0.state = .connected; $0.identity = identity; $0.lastError = nil }
+                logger.info("connected to \(identity.model) serial \(identity.serialNumber) firmware \(identity.firmware) via \(link.endpoint)")
+                backoff = .milliseconds(100)
+                while !stopping.load(ordering: .relaxed) {
+                    try driver.acquire(link: link, sink: sink, budget: .milliseconds(100))
+                }
+                driver.shutdown(link: link)
+                link.close()
+            } catch {
+                link.close()
+                let now = clock.now()
+                let wasConnected = snapshot.state == .connected
+                if wasConnected {
+                    lostAt = now
+                    sink.event(Event(kind: .stateChange, source: config.name, hostTime: now, message: "disconnected: \(error)", values: ["state": .string("disconnected")]))
+                    logger.warning("lost \(config.name): \(error); reconnecting, the run continues")
+                } else {
+                    logger.warning("cannot reach \(config.name) via \(link.endpoint): \(error); retrying in \(backoff)")
+                }
+                update { s in
+                    s.state = .disconnected
+                    s.lastError = "\(error)"
+                    if wasConnected { s.reconnects += 1 }
+                }
+                // Wait, in slices so that stop stays prompt.
+                let until = now.advanced(byNanoseconds: backoff.nanoseconds)
+                while !stopping.load(ordering: .relaxed) && clock.now() < until { ThreadSleep.sleep(.milliseconds(20)) }
+                backoff = min(backoff * 2, reconnectMax)
+            }
+        }
+        update { $0.state = .stopped }
+    }
+}

@@ -1,0 +1,250 @@
+import ArgumentParser
+import Foundation
+import OperandoControl
+import OperandoIO
+
+struct Global: ParsableArguments {
+    @Option(name: .long, help: "Control socket (default: $OPERANDO_SOCKET or /run/operandod/control.sock).")
+    var socket: String?
+
+    @Flag(name: .long, help: "Print the daemon's JSON result instead of a table.")
+    var json = false
+
+    var socketPath: String {
+        socket ?? ProcessInfo.processInfo.environment[ControlProtocol.socketEnvironmentVariable] ?? ControlProtocol.defaultSocketPath
+    }
+
+    /// Sends one request and returns its result, or exits with the daemon's error.
+    func call(_ cmd: String, _ args: [String: JSONValue] = [:], timeout: Duration = .seconds(30)) throws -> JSONValue {
+        let connection: UnixConnection
+        do {
+            connection = try UnixConnection.connect(to: socketPath)
+        } catch {
+            fail("cannot reach operandod at \(socketPath): \(error). Is it running (systemctl status operandod)? Use --socket or OPERANDO_SOCKET for another path.", code: 3)
+        }
+        let request = ControlRequest(id: .number(1), cmd: cmd, args: args)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        try connection.send(Array(try encoder.encode(request)) + [0x0A])
+        var framer = LineFramer(maxLineBytes: 64 << 20)
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            guard let bytes = try connection.receive(timeout: .milliseconds(200)) else { continue }
+            if bytes.isEmpty { fail("operandod closed the connection without replying to \(cmd)", code: 1) }
+            for case .line(let line) in framer.feed(bytes) {
+                let reply = try JSONDecoder().decode(ControlReply.self, from: Data(line))
+                if reply.ok { return reply.result ?? .null }
+                if json { printJSON(.object(["ok": .bool(false), "error": .object(["code": .string(reply.error?.code.rawValue ?? "?"), "message": .string(reply.error?.message ?? "")])])) }
+                fail(reply.error?.message ?? "unknown error", code: 1)
+            }
+        }
+        fail("no reply to \(cmd) from operandod within \(timeout)", code: 1)
+    }
+
+    func output<T: Decodable>(_ value: JSONValue, as type: T.Type, table: (T) -> String) throws {
+        if json {
+            printJSON(value)
+        } else {
+            print(table(try value.decode(T.self)), terminator: "")
+        }
+    }
+}
+
+func printJSON(_ value: JSONValue) {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self))
+}
+
+func fail(_ message: String, code: Int32) -> Never {
+    FileHandle.standardError.write(Data("operandoctl: \(message)\n".utf8))
+    exit(code)
+}
+
+/// A plain text table with aligned columns.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    let widths = header.indices.map { i in all.map { $0[i].count }.max() ?? 0 }
+    return all.map { row in row.enumerated().map { i, cell in cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces) }
+        .joined(separator: "\n") + "\n"
+}
+
+func bytes(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+    return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
+}
+
+func duration(_ s: Double) -> String {
+    let t = Int(s)
+    return String(format: "%02d:%02d:%02d", t / 3600, (t / 60) % 60, t % 60)
+}
+
+@main
+struct OperandoCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "operandoctl",
+        abstract: "Control operandod through its Unix socket.",
+        subcommands: [Status.self, Devices.self, Run.self, Mark.self, Tail.self, Sim.self])
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Daemon state, the current run, and per-stream rates, ring fill and drops.")
+    @OptionGroup var global: Global
+
+    func run() throws {
+        try global.output(global.call("status"), as: StatusResult.self) { s in
+            var out = "operandod \(s.daemonVersion) (pid \(s.pid)), up \(duration(s.uptimeSeconds)), \(s.state)\n"
+            if let r = s.run {
+                out += "run \(r.name) (\(r.id)) recording for \(duration(r.elapsedSeconds ?? 0)) into \(r.directory)\n"
+            }
+            out += "devices: \(s.devicesConnected)/\(s.devicesTotal) connected; rings: \(bytes(UInt64(s.memoryUsedBytes))) of \(bytes(UInt64(s.memoryBudgetBytes))); written \(bytes(s.bytesWritten))\n"
+            out += "durability: \(s.durability)\n"
+            if let e = s.writeError { out += "WRITE ERROR: \(e)\n" }
+            out += "\n" + table(
+                ["STREAM", "RATE/s", "PRODUCED", "WRITTEN", "DROPPED", "RING", "POLICY"],
+                s.streams.map { [$0.name, String(format: "%.1f", $0.ratePerSecond), "\($0.produced)", "\($0.written)", "\($0.dropped)", String(format: "%.1f%%", $0.ringFill * 100), $0.policy] })
+            return out
+        }
+    }
+}
+
+struct Devices: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Configured devices, their state and identity.")
+    @OptionGroup var global: Global
+
+    func run() throws {
+        try global.output(global.call("devices"), as: [DeviceInfo].self) { devices in
+            table(
+                ["DEVICE", "DRIVER", "TRANSPORT", "STATE", "MODEL", "SERIAL", "FIRMWARE", "RECONNECTS", "LAST ERROR"],
+                devices.map { [$0.name, $0.driver, $0.transport, $0.state, $0.model ?? "-", $0.serialNumber ?? "-", $0.firmware ?? "-", "\($0.reconnects)", $0.lastError ?? "-"] })
+        }
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Start, stop and list runs.", subcommands: [Start.self, Stop.self, List.self])
+
+    struct Start: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start recording a run.")
+        @OptionGroup var global: Global
+        @Argument(help: "Run name (used in the run directory's name).") var name: String
+        @Option(name: .long, help: "Metadata KEY=VALUE (repeatable).") var meta: [String] = []
+
+        func run() throws {
+            var metadata: [String: JSONValue] = [:]
+            for m in meta {
+                guard let eq = m.firstIndex(of: "="), eq != m.startIndex else {
+                    throw ValidationError("--meta \(m): expected KEY=VALUE")
+                }
+                metadata[String(m[..<eq])] = .string(String(m[m.index(after: eq)...]))
+            }
+            try global.output(global.call("run.start", ["name": .string(name), "meta": .object(metadata)]), as: RunInfo.self) { r in
+                "recording run \(r.name) (\(r.id))\ninto \(r.directory)\n"
+            }
+        }
+    }
+
+    struct Stop: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop the run: drain every ring, sync, close. Prints per-stream counts.")
+        @OptionGroup var global: Global
+        @Option(name: .long, help: "Why the run stopped (kept in the run).") var reason: String?
+
+        func run() throws {
+            var args: [String: JSONValue] = [:]
+            if let reason { args["reason"] = .string(reason) }
+            try global.output(global.call("run.stop", args, timeout: .seconds(600)), as: RunStopResult.self) { r in
+                "run \(r.run.name) \(r.run.state) after \(duration(r.run.elapsedSeconds ?? 0)): \(r.run.directory)\n\n"
+                    + table(["STREAM", "PRODUCED", "WRITTEN", "DROPPED", "BYTES"], r.streams.map { [$0.name, "\($0.produced)", "\($0.written)", "\($0.dropped)", bytes($0.bytes)] })
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Runs in the data directory.")
+        @OptionGroup var global: Global
+
+        func run() throws {
+            try global.output(global.call("run.list"), as: [RunListEntry].self) { runs in
+                table(["RUN", "STATE", "STARTED", "DURATION", "RECORDS", "DROPPED", "SIZE", "DIRECTORY"],
+                      runs.map { [$0.run.name, $0.run.state, $0.run.startedAt, $0.run.elapsedSeconds.map(duration) ?? "-", $0.records.map { "\($0)" } ?? "-", $0.dropped.map { "\($0)" } ?? "-", $0.bytes.map(bytes) ?? "-", $0.run.directory] })
+            }
+        }
+    }
+}
+
+struct Mark: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Put a marker on the timeline (kept in the run).")
+    @OptionGroup var global: Global
+    @Argument(help: "Marker text.") var text: [String]
+
+    func run() throws {
+        try global.output(global.call("mark", ["text": .string(text.joined(separator: " "))]), as: MarkResult.self) { m in
+            "marked at host time \(m.hostTimeNanoseconds) ns\n"
+        }
+    }
+}
+
+struct Tail: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the newest records of a stream (`devices` lists streams).")
+    @OptionGroup var global: Global
+    @Argument(help: "Stream name, e.g. pstat/ei.") var stream: String
+    @Flag(name: .shortAndLong, help: "Keep printing new records until interrupted.") var follow = false
+    @Option(name: .shortAndLong, help: "Stop after this many records (with --follow).") var count: Int?
+
+    func run() throws {
+        var after: UInt64?
+        var printed = 0
+        var header = false
+        repeat {
+            var args: [String: JSONValue] = ["stream": .string(stream)]
+            if let after { args["after"] = .number(Double(after)) }
+            let value = try global.call("tail", args)
+            let result = try value.decode(TailResult.self)
+            if global.json {
+                printJSON(value)
+            } else {
+                if !header {
+                    print(([ "SEQ", "HOST_TIME_NS", "DEVICE_TIME_NS"] + (result.kind == "events" ? ["EVENT"] : result.kind == "frames" ? ["BYTES", "FIRST VALUES"] : result.columns)).joined(separator: "\t"))
+                    header = true
+                }
+                for e in result.entries {
+                    var cols = ["\(e.sequence)", "\(e.hostTimeNanoseconds)", e.deviceTimeNanoseconds.map { "\($0)" } ?? "-"]
+                    switch result.kind {
+                    case "events":
+                        let o = e.event?.objectValue
+                        cols.append("[\(o?["kind"]?.stringValue ?? "?")] \(o?["source"]?.stringValue ?? "?"): \(o?["message"]?.stringValue ?? "")")
+                    case "frames":
+                        cols.append("\(e.payloadBytes)")
+                        cols.append((e.values ?? []).prefix(8).map { String(format: "%g", $0) }.joined(separator: " ") + " …")
+                    default:
+                        cols += (e.values ?? []).map { String(format: "%.6g", $0) }
+                    }
+                    print(cols.joined(separator: "\t"))
+                    printed += 1
+                    if let count, printed >= count { return }
+                }
+            }
+            after = result.next ?? after
+            if follow { Thread.sleep(forTimeInterval: 0.2) }
+        } while follow
+    }
+}
+
+struct Sim: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Pull or plug the cable of a simulated device (to rehearse disconnects).", subcommands: [Unplug.self, Replug.self])
+
+    struct Unplug: ParsableCommand {
+        @OptionGroup var global: Global
+        @Argument var device: String
+        func run() throws { try global.output(global.call("sim.unplug", ["device": .string(device)]), as: JSONValue.self) { "\($0)\n" } }
+    }
+
+    struct Replug: ParsableCommand {
+        @OptionGroup var global: Global
+        @Argument var device: String
+        func run() throws { try global.output(global.call("sim.replug", ["device": .string(device)]), as: JSONValue.self) { "\($0)\n" } }
+    }
+}
