@@ -63,7 +63,19 @@ public final class RecordRing: @unchecked Sendable {
         let h = head.load(ordering: .relaxed)
         let t = tail.load(ordering: .acquiring) & ~Self.claimedBit
         guard Int(h &- t) + size <= capacity else { return false }
-        write(header: header, payload: payload, at: h, size: size)
+        let offset = Int(h % UInt64(capacity))
+        if offset + size <= capacity {
+            // Fast path: the record is contiguous; store prefix and header in place.
+            let base = storage + offset
+            base.storeBytes(of: UInt32(RecordLayout.headerSize + payload.count).littleEndian, as: UInt32.self)
+            base.storeBytes(of: UInt32(0), toByteOffset: 4, as: UInt32.self)
+            header.store(to: base + RecordLayout.prefixSize)
+            if payload.count > 0 {
+                (base + RecordLayout.prefixSize + RecordLayout.headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
+            }
+        } else {
+            write(header: header, payload: payload, at: h, size: size)
+        }
         head.store(h &+ UInt64(size), ordering: .releasing)
         return true
     }
@@ -141,11 +153,15 @@ public final class RecordRing: @unchecked Sendable {
             let h = head.load(ordering: .acquiring)
             var end = t
             var count = 0
+            var offset = Int(t % UInt64(capacity))
             while end != h {
-                let size = recordSize(at: end)
+                let bodyLength = Int(UInt32(littleEndian: storage.load(fromByteOffset: offset, as: UInt32.self)))
+                let size = RecordLayout.recordSize(payloadBytes: bodyLength - RecordLayout.headerSize)
                 if count > 0 && Int(end &- t) + size > maxBytes { break }
                 end &+= UInt64(size)
                 count += 1
+                offset += size
+                if offset >= capacity { offset -= capacity }
             }
             return Claim(start: t, end: end, records: count)
         }
@@ -178,18 +194,29 @@ public final class RecordRing: @unchecked Sendable {
     /// Calls `body` for each record of a claim, in order.
     public func forEachRecord(in claim: Claim, _ body: (Record) -> Void) {
         var position = claim.start
+        var offset = Int(position % UInt64(capacity))
         while position != claim.end {
-            let offset = Int(position % UInt64(capacity))
             let prefix = storage + offset
             let bodyLength = Int(UInt32(littleEndian: prefix.load(as: UInt32.self)))
             let size = RecordLayout.recordSize(payloadBytes: bodyLength - RecordLayout.headerSize)
-            let (p1, p2) = span(from: position &+ UInt64(RecordLayout.prefixSize), count: bodyLength)
-            let (w1, w2) = span(from: position, count: size)
-            body(Record(
-                prefix: prefix, header: Self.header(p1, p2),
-                body: (UnsafeRawBufferPointer(p1), UnsafeRawBufferPointer(p2)),
-                whole: (UnsafeRawBufferPointer(w1), UnsafeRawBufferPointer(w2))))
+            if offset + size <= capacity {
+                // Fast path: contiguous record.
+                let bodyStart = prefix + RecordLayout.prefixSize
+                body(Record(
+                    prefix: prefix, header: RecordHeader.load(from: bodyStart)!,
+                    body: (UnsafeRawBufferPointer(start: bodyStart, count: bodyLength), UnsafeRawBufferPointer(start: storage, count: 0)),
+                    whole: (UnsafeRawBufferPointer(start: prefix, count: size), UnsafeRawBufferPointer(start: storage, count: 0))))
+            } else {
+                let (p1, p2) = span(from: position &+ UInt64(RecordLayout.prefixSize), count: bodyLength)
+                let (w1, w2) = span(from: position, count: size)
+                body(Record(
+                    prefix: prefix, header: Self.header(p1, p2),
+                    body: (UnsafeRawBufferPointer(p1), UnsafeRawBufferPointer(p2)),
+                    whole: (UnsafeRawBufferPointer(w1), UnsafeRawBufferPointer(w2))))
+            }
             position &+= UInt64(size)
+            offset += size
+            if offset >= capacity { offset -= capacity }
         }
     }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import OperandoCore
+import Synchronization
 
 /// The host clock of record: CLOCK_MONOTONIC_RAW, unaffected by NTP slewing or wall-clock steps.
 public struct MonotonicRawClock: HostClock {
@@ -61,4 +62,23 @@ extension Duration {
         let (s, attos) = components
         return s * 1_000_000_000 + attos / 1_000_000_000
     }
+}
+
+extension ThreadSleep {
+    /// Gives up the CPU once (sched_yield), for spin-waits in benchmarks and tests.
+    @Sendable public static func yield() { sched_yield() }
+}
+
+/// SIGTERM/SIGINT as a flag that a thread's loop polls (for tools that are not ServiceGroups).
+public enum TerminationSignal {
+    private static let flag = Atomic<Bool>(false)
+
+    /// Installs handlers for SIGTERM and SIGINT that only set the flag; ignores SIGPIPE.
+    public static func install() {
+        signal(SIGTERM) { _ in TerminationSignal.flag.store(true, ordering: .relaxed) }
+        signal(SIGINT) { _ in TerminationSignal.flag.store(true, ordering: .relaxed) }
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    public static var received: Bool { flag.load(ordering: .relaxed) }
 }

@@ -153,3 +153,10 @@ public enum FileSystem {
         return Int(st.f_bavail) * Int(st.f_frsize)
     }
 }
+
+extension FileDescriptor {
+    /// Creates (or truncates) a file for writing.
+    public static func createTruncating(_ path: String) throws(Errno) -> FileDescriptor {
+        try open(path, flags: O_WRONLY | O_CREAT | O_TRUNC)
+    }
+}
