@@ -106,10 +106,10 @@ let package = Package(
             swiftSettings: swiftSettings),
 
         .testTarget(name: "OperandoBuffersTests", dependencies: ["OperandoBuffers"]),
-        //TMP .testTarget(name: "OperandoStoreTests", dependencies: ["OperandoStore", "OperandoIO", "OperandoBuffers"]),
-        //TMP .testTarget(name: "OperandoControlTests", dependencies: ["OperandoControl"]),
+        .testTarget(name: "OperandoStoreTests", dependencies: ["OperandoStore", "OperandoIO", "OperandoBuffers"]),
+        .testTarget(name: "OperandoControlTests", dependencies: ["OperandoControl"]),
         //TMP .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
-        //TMP .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
+        .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
         //TMP .testTarget(name: "IntegrationTests", dependencies: ["OperandoStore", "OperandoControl", "OperandoIO"]),
     ]
 )

@@ -206,7 +206,10 @@ public enum ConfigLoader {
                     do {
                         _ = try DriverRegistry.makeDriver(driver, name: name, settings: settings)
                     } catch {
-                        v.error("\(where_).settings", "\(error)")
+                        // Point at the setting the driver names, when it names one.
+                        let message = "\(error)"
+                        let key = settings.values.keys.sorted().first { message.contains("\($0) =") }
+                        v.error("\(where_).settings" + (key.map { ".\($0)" } ?? ""), message)
                     }
                     devices.append(DeviceConfig(name: name, driver: driver, transport: transport, ringBytes: (ring ?? defaultRingMB).map { $0 << 20 }, overflow: overflow, settings: settings))
                 }

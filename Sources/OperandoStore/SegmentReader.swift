@@ -71,7 +71,11 @@ public enum SegmentReader {
 
     private static func decode(_ b: UnsafeRawBufferPointer, at offset: Int) -> (header: RecordHeader, payload: [UInt8], size: Int)? {
         let bodyLength = Int(UInt32(littleEndian: b.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-        guard bodyLength >= RecordLayout.headerSize, offset + RecordLayout.prefixSize + bodyLength <= b.count else { return nil }
+        // The whole padded record must be there: the writer appends whole records, so a record
+        // missing even its padding was torn.
+        guard bodyLength >= RecordLayout.headerSize,
+            offset + RecordLayout.recordSize(payloadBytes: bodyLength - RecordLayout.headerSize) <= b.count
+        else { return nil }
         let crc = UInt32(littleEndian: b.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))
         let body = UnsafeRawBufferPointer(rebasing: b[(offset + RecordLayout.prefixSize)..<(offset + RecordLayout.prefixSize + bodyLength)])
         guard CRC32C.checksum(body) == crc, let header = RecordHeader.load(from: body.baseAddress!) else { return nil }
