@@ -108,7 +108,7 @@ let package = Package(
         .testTarget(name: "OperandoBuffersTests", dependencies: ["OperandoBuffers"]),
         .testTarget(name: "OperandoStoreTests", dependencies: ["OperandoStore", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoControlTests", dependencies: ["OperandoControl"]),
-        //TMP .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
+        .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
         //TMP .testTarget(name: "IntegrationTests", dependencies: ["OperandoStore", "OperandoControl", "OperandoIO"]),
     ]
