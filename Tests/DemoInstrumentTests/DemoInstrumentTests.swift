@@ -133,7 +133,8 @@ final class DemoInstrumentTests: XCTestCase {
         var params = VirtualCell.Parameters()
         params.initialStateOfCharge = 0
         let cell = VirtualCell(params)
-        let link = InMemoryLink(clock: clock)
+        // A short queue (four spectra), so spectra taken before the charge do not linger in the link.
+        let link = InMemoryLink(clock: clock, queueLimit: 4 * 4120)
         let sim = DemoXRFSimulator(cell: cell, clock: clock, serialNumber: "X-T")
         let (stop, thread) = startSimulator { shouldStop in sim.serve(link.devicePackets, shouldStop: shouldStop) }
         defer { stop(); thread.join() }
@@ -152,8 +153,8 @@ final class DemoInstrumentTests: XCTestCase {
         // Charge the cell fully: the Ni line grows (×1.5 in the model).
         cell.advance(current: 1, hostSeconds: 1)
         let before = sink.records.count
-        try acquire(driver, dl, sink) { sink.records.count >= before + 20 }
-        let full = sink.records[before..<(before + 20)].map { niCounts($0.payload) }.reduce(0.0) { $0 + $1.ni }
+        try acquire(driver, dl, sink) { sink.records.count >= before + 25 }
+        let full = sink.records[(before + 5)..<(before + 25)].map { niCounts($0.payload) }.reduce(0.0) { $0 + $1.ni }
         let firstTwenty = sink.records[0..<20].map { niCounts($0.payload) }.reduce(0.0) { $0 + $1.ni }
         XCTAssertGreaterThan(full / firstTwenty, 1.3)
     }
