@@ -110,6 +110,6 @@ let package = Package(
         .testTarget(name: "OperandoControlTests", dependencies: ["OperandoControl"]),
         .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
-        //TMP .testTarget(name: "IntegrationTests", dependencies: ["OperandoStore", "OperandoControl", "OperandoIO"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["OperandoStore", "OperandoControl", "OperandoIO"]),
     ]
 )

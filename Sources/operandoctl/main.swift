@@ -87,7 +87,26 @@ struct OperandoCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
+        usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
         subcommands: [Status.self, Devices.self, Run.self, Mark.self, Tail.self, Sim.self])
+
+    /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
+    /// command; they are moved behind it, where every command's option group reads them.
+    static func main() {
+        var args = Array(CommandLine.arguments.dropFirst())
+        var globals: [String] = []
+        while let first = args.first {
+            if first == "--json" || first.hasPrefix("--socket=") {
+                globals.append(args.removeFirst())
+            } else if first == "--socket", args.count >= 2 {
+                globals += args.prefix(2)
+                args.removeFirst(2)
+            } else {
+                break
+            }
+        }
+        main(args + globals)
+    }
 }
 
 struct Status: ParsableCommand {
