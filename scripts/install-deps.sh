@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building, testing and running operandod need on Debian 12 (apt), and checks
+# that a Swift 6 toolchain is present. Safe to run again: installs only what is missing.
+set -euo pipefail
+
+packages=(
+  pkg-config
+  libserialport-dev   # serial transport (libserialport)
+  libusb-1.0-0-dev    # USB transport (libusb)
+  systemd             # systemd-analyze, for checking the unit
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: need root (or sudo) to apt-get install ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null; then
+  if [ -x /opt/swift/usr/bin/swift ]; then
+    echo "install-deps: swift is in /opt/swift/usr/bin; add it to PATH" >&2
+  else
+    echo "install-deps: no Swift toolchain found; install Swift 6 (https://www.swift.org/install/linux/) and put it on PATH" >&2
+  fi
+  exit 1
+fi
