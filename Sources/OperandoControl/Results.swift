@@ -1,3 +1,5 @@
+import OperandoCore
+
 /// Typed results of the control commands, shared by the daemon and `operandoctl`.
 
 public struct StreamStatusInfo: Codable, Sendable {
@@ -111,22 +113,6 @@ public struct DeviceInfo: Codable, Sendable {
         self.reconnects = reconnects
         self.lastError = lastError
         self.streams = streams
-    }
-}
-
-public struct StreamCounts: Codable, Sendable, Equatable {
-    public var name: String
-    public var produced: UInt64
-    public var written: UInt64
-    public var dropped: UInt64
-    public var bytes: UInt64
-
-    public init(name: String, produced: UInt64, written: UInt64, dropped: UInt64, bytes: UInt64) {
-        self.name = name
-        self.produced = produced
-        self.written = written
-        self.dropped = dropped
-        self.bytes = bytes
     }
 }
 

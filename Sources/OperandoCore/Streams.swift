@@ -94,3 +94,23 @@ public struct StreamDescriptor: Codable, Sendable, Equatable {
             shape: [], nominalRateHz: 1, maxPayloadBytes: 16 * 1024)
     }
 }
+
+/// Per-stream accounting of a run. `produced` counts the sequence numbers the run covers
+/// (records are numbered when offered, so a record discarded by an overflow policy still uses
+/// one); `written` counts records in the run's segments; `dropped = produced − written`.
+public struct StreamCounts: Codable, Sendable, Equatable {
+    public var name: String
+    public var produced: UInt64
+    public var written: UInt64
+    public var dropped: UInt64
+    public var bytes: UInt64
+
+    public init(name: String, produced: UInt64, written: UInt64, dropped: UInt64, bytes: UInt64) {
+        self.name = name
+        self.produced = produced
+        self.written = written
+        self.dropped = dropped
+        self.bytes = bytes
+    }
+}
+

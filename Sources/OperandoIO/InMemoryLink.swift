@@ -20,13 +20,13 @@ public final class InMemoryLink: @unchecked Sendable {
     }
 
     /// The driver's end, as a byte stream.
-    public var hostByteStream: any ByteStreamTransport { ByteEnd(link: self, isHost: true) }
+    public var hostByteStream: any ByteStreamTransport { End(link: self, isHost: true) }
     /// The simulator's end, as a byte stream.
-    public var deviceByteStream: any ByteStreamTransport { ByteEnd(link: self, isHost: false) }
+    public var deviceByteStream: any ByteStreamTransport { End(link: self, isHost: false) }
     /// The driver's end, as packets.
-    public var hostPackets: any PacketTransport { PacketEnd(link: self, isHost: true) }
+    public var hostPackets: any PacketTransport { End(link: self, isHost: true) }
     /// The simulator's end, as packets.
-    public var devicePackets: any PacketTransport { PacketEnd(link: self, isHost: false) }
+    public var devicePackets: any PacketTransport { End(link: self, isHost: false) }
 
     public func unplug() {
         lock.withLock {
@@ -97,7 +97,8 @@ public final class InMemoryLink: @unchecked Sendable {
         lock.broadcast()
     }
 
-    private final class ByteEnd: ByteStreamTransport, @unchecked Sendable {
+    /// One end of the cable; it serves as a byte stream or as packets, never both on one link.
+    private final class End: ByteStreamTransport, PacketTransport, @unchecked Sendable {
         let link: InMemoryLink
         let isHost: Bool
         init(link: InMemoryLink, isHost: Bool) {
@@ -113,18 +114,6 @@ public final class InMemoryLink: @unchecked Sendable {
         func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration) throws {
             try link.writeBytes(isHost: isHost, bytes, timeout: timeout)
         }
-    }
-
-    private final class PacketEnd: PacketTransport, @unchecked Sendable {
-        let link: InMemoryLink
-        let isHost: Bool
-        init(link: InMemoryLink, isHost: Bool) {
-            self.link = link
-            self.isHost = isHost
-        }
-        var endpoint: String { "simulated" }
-        func open() throws { guard link.isPlugged else { throw InstrumentError(.notFound, device: endpoint, "the simulated device is unplugged") } }
-        func close() {}
         func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> TransportRead {
             try link.receivePacket(isHost: isHost, into: buffer, timeout: timeout)
         }

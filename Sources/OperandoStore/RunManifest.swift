@@ -31,7 +31,7 @@ public struct RunManifest: Codable, Sendable {
     /// How much may be lost on power failure, in words.
     public var durability: String
     public var segments: Int
-    public var summary: [StreamSummary]?
+    public var summary: [StreamCounts]?
 
     public init(
         id: String, name: String, metadata: [String: String], startAnchor: RealtimeAnchor, startReason: String,
@@ -100,24 +100,5 @@ public struct DeviceProvenance: Codable, Sendable {
         self.driverVersion = driverVersion
         self.transport = transport
         self.identity = identity
-    }
-}
-
-/// Per-stream accounting of a run. `produced` counts the sequence numbers the run covers
-/// (records are numbered when offered, so a record discarded by an overflow policy still uses
-/// one); `written` counts records in the run's segments; `dropped = produced − written`.
-public struct StreamSummary: Codable, Sendable, Equatable {
-    public var name: String
-    public var produced: UInt64
-    public var written: UInt64
-    public var dropped: UInt64
-    public var bytes: UInt64
-
-    public init(name: String, produced: UInt64, written: UInt64, dropped: UInt64, bytes: UInt64) {
-        self.name = name
-        self.produced = produced
-        self.written = written
-        self.dropped = dropped
-        self.bytes = bytes
     }
 }
