@@ -19,7 +19,8 @@ final class ControlServer: @unchecked Sendable {
     private var listener: UnixListener?
     private var acceptThread: IOThread?
     private let stopping = Atomic<Bool>(false)
-    private let connections = Mutex<[Int: IOThread]>([:])
+    /// Connections being served; each has a detached thread that removes itself when done.
+    private let active = Mutex<Int>(0)
     private let nextID = Atomic<Int>(0)
 
     init(path: String, handler: @escaping Handler, logger: Logger) {
@@ -41,8 +42,8 @@ final class ControlServer: @unchecked Sendable {
         stopping.store(true, ordering: .relaxed)
         acceptThread?.join()
         listener?.close()
-        let threads = connections.withLock { c in defer { c.removeAll() }; return Array(c.values) }
-        for t in threads { t.join() }
+        // Connection threads notice `stopping` within one receive timeout (200 ms).
+        while active.withLock({ $0 }) > 0 { ThreadSleep.sleep(.milliseconds(10)) }
     }
 
     private var isStopping: Bool { stopping.load(ordering: .relaxed) }
@@ -60,18 +61,18 @@ final class ControlServer: @unchecked Sendable {
             guard let connection else { continue }
             let peer = connection.peerCredentials()
             let id = nextID.add(1, ordering: .relaxed).newValue
-            let count = connections.withLock { $0.count }
+            let count = active.withLock { $0 }
             guard count < Self.maxConnections else {
                 logger.warning("control connection from \(peer.map { "\($0)" } ?? "unknown peer") refused: \(count) connections already open")
                 try? connection.send(ControlReply.failure(id: nil, ControlError(.conflict, "too many control connections (\(count)); close some and retry")).encodedLine())
                 continue
             }
             logger.info("control connection #\(id) from \(peer.map { "\($0)" } ?? "unknown peer")")
-            let thread = IOThread(name: "control-\(id)") { [self] in
+            active.withLock { $0 += 1 }
+            _ = IOThread(name: "control-\(id)", detached: true) { [self] in
                 serve(connection, peer: peer, id: id)
-                _ = connections.withLock { $0.removeValue(forKey: id) }
+                active.withLock { $0 -= 1 }
             }
-            connections.withLock { $0[id] = thread }
         }
     }
 

@@ -6,7 +6,7 @@ import ServiceLifecycle
 /// cooperative pool never waits on I/O.
 func offPool(_ name: String, _ body: @escaping @Sendable () -> Void) async {
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        _ = IOThread(name: name) {
+        _ = IOThread(name: name, detached: true) {
             body()
             continuation.resume()
         }

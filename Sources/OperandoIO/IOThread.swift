@@ -18,7 +18,8 @@ public final class IOThread: @unchecked Sendable {
     }
 
     /// Starts `body` on a new thread named `name` (the first 15 bytes show in `top -H` and `ps`).
-    public init(name: String, _ body: @escaping @Sendable () -> Void) {
+    /// A `detached` thread releases its resources when it ends and cannot be joined.
+    public init(name: String, detached: Bool = false, _ body: @escaping @Sendable () -> Void) {
         self.name = name
         let box = Unmanaged.passRetained(Box(body, name: name)).toOpaque()
         let rc = pthread_create(&thread, nil, { raw in
@@ -28,6 +29,10 @@ public final class IOThread: @unchecked Sendable {
             return nil
         }, box)
         precondition(rc == 0, "pthread_create failed for \(name): \(Errno(rawValue: rc))")
+        if detached {
+            pthread_detach(thread)
+            joined = true
+        }
     }
 
     /// Names the calling thread (Linux keeps 15 bytes) through /proc, so `top -H` shows it.
@@ -87,4 +92,25 @@ public final class ConditionLock: @unchecked Sendable {
 
     /// Wakes all waiters (call with the lock held or not).
     public func broadcast() { pthread_cond_broadcast(&cond) }
+}
+
+/// A one-shot value handed from one thread to another that waits for it.
+public final class Completion<T: Sendable>: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var value: T?
+
+    public init() {}
+
+    public func fulfil(_ v: T) {
+        lock.withLock { value = v }
+        lock.broadcast()
+    }
+
+    /// Waits until fulfilled (call from a dedicated thread, never the cooperative pool).
+    public func wait() -> T {
+        lock.withLock {
+            while value == nil { _ = lock.wait(until: { value != nil }, timeout: .seconds(1)) }
+            return value!
+        }
+    }
 }

@@ -171,6 +171,38 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(d.terminate(), 0)
     }
 
+    /// Each control connection has a thread; finished ones must give their stacks back, or a
+    /// script polling `status` would exhaust the daemon's memory over a long run.
+    func testControlConnections_manyShortOnes_doNotAccumulateThreadStacks() throws {
+        let d = try DaemonProcess(config: Self.config())
+        func field(_ name: String) throws -> Int {
+            // /proc files report size 0: read them to the end, not by their size.
+            let status = String(decoding: try FileSystem.readAll("/proc/\(d.process.processIdentifier)/status"), as: UTF8.self)
+            let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix(name + ":") })
+            return try XCTUnwrap(Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]))
+        }
+        /// Memory mappings: each thread stack not given back stays one (plus its guard page).
+        func mappings() throws -> Int {
+            String(decoding: try FileSystem.readAll("/proc/\(d.process.processIdentifier)/maps"), as: UTF8.self).split(separator: "\n").count
+        }
+        _ = try d.json(StatusResult.self, ["status"])
+        let threads = try field("Threads")
+        let before = try mappings()
+        for i in 0..<200 {
+            let c = try UnixConnection.connect(to: d.socket)
+            try c.send(Array("{\"id\":\(i),\"cmd\":\"status\"}\n".utf8))
+            _ = try c.receive(timeout: .seconds(5))
+        }
+        // Wait until every connection thread has ended (the count is back where it was).
+        for _ in 0..<500 where try field("Threads") > threads { ThreadSleep.sleep(.milliseconds(20)) }
+        XCTAssertLessThanOrEqual(try field("Threads"), threads)
+        let after = try mappings()
+        // 200 ended-but-unreleased stacks would add about 400 mappings; allow a few for new malloc
+        // arenas and the C library's small cache of reusable stacks.
+        XCTAssertLessThan(after - before, 60, "memory mappings grew from \(before) to \(after)")
+        XCTAssertEqual(d.terminate(), 0)
+    }
+
     func testSimulatedUnplug_midRun_recordsGapAndKeepsRecording() throws {
         let d = try DaemonProcess(config: Self.config())
         let run = try d.json(RunInfo.self, ["run", "start", "unplugged"])
