@@ -182,7 +182,11 @@ public enum ConfigLoader {
                     }
                 }
                 let driver = v.choice(t, where_, "driver", schema: "device")
-                let transport = v.transport(t, where_)
+                var transport = v.transport(t, where_)
+                if case .tcp? = transport, let driver, DriverRegistry.linkKind(driver) == .packets {
+                    v.error("\(where_).transport", "\(driver) exchanges packets and cannot run over a TCP byte stream; use \"simulated\"")
+                    transport = nil
+                }
                 let ring = v.int(t, where_, "ring_mb", schema: "device", required: false)
                 let overflow = v.choice(t, where_, "overflow", schema: "device").flatMap(OverflowPolicy.init(rawValue:)) ?? .block
                 var settings = DeviceSettings()

@@ -215,8 +215,6 @@ public final class Daemon: @unchecked Sendable {
             streams: channels.map(\.descriptor), provenance: provenance(),
             durability: Recorder.Options(syncInterval: config.syncInterval).durabilityStatement)
         let directory = try recorder.startRun(manifest: manifest, under: dataDirectory)
-        // Give the writer a moment to take the start, so this event is inside the run.
-        ThreadSleep.sleep(.milliseconds(5))
         _ = event(.stateChange, "run \(name) started", values: ["run_id": .string(manifest.id)])
         logger.info("run \(name) started in \(directory)")
         notifier.notify("STATUS=recording run \(name)")
@@ -234,7 +232,7 @@ public final class Daemon: @unchecked Sendable {
         notifier.notify("STATUS=idle")
         return RunStopResult(
             run: runInfo(manifest, directory: directory, now: nil), stopReason: reason,
-            streams: (manifest.summary ?? []).map { StreamCounts(name: $0.name, produced: $0.produced, written: $0.written, dropped: $0.dropped, bytes: $0.bytes) })
+            streams: manifest.summary ?? [])
     }
 
     func listRuns() throws -> [RunListEntry] {
@@ -312,24 +310,6 @@ enum ElementDecoding {
                 case .float64: return Double(bitPattern: UInt64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt64.self)))
                 }
             }
-        }
-    }
-}
-
-/// A one-shot value handed from one thread to a waiting one.
-final class Completion<T: Sendable>: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private var value: T?
-
-    func fulfil(_ v: T) {
-        lock.withLock { value = v }
-        lock.broadcast()
-    }
-
-    func wait() -> T {
-        lock.withLock {
-            while value == nil { _ = lock.wait(until: { value != nil }, timeout: .seconds(1)) }
-            return value!
         }
     }
 }

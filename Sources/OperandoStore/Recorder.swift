@@ -79,7 +79,7 @@ public final class Recorder: @unchecked Sendable {
     private var thread: IOThread?
 
     private enum Command {
-        case start(PendingRun)
+        case start(PendingRun, taken: Completion<Void>)
         case stop(at: HostInstant, reason: String, completion: @Sendable (Result<RunManifest, any Error>) -> Void)
         case shutdown(reason: String)
     }
@@ -110,9 +110,10 @@ public final class Recorder: @unchecked Sendable {
         thread = IOThread(name: "writer") { [self] in loop() }
     }
 
-    /// Creates the run directory and manifest, then tells the writer to record. The run covers
-    /// records stamped from the instant the writer takes the command, so no record drained
-    /// before that instant could have belonged to it.
+    /// Creates the run directory and manifest, then tells the writer to record and waits until it
+    /// has. The run covers records stamped from the instant the writer takes the command, so no
+    /// record drained before that instant could have belonged to it, and anything stamped after
+    /// this returns is in the run. Call from a thread that may block briefly.
     /// - Returns: the run's directory.
     public func startRun(manifest: RunManifest, under dataDirectory: String) throws -> String {
         if published.withLock({ $0.recording }) {
@@ -126,7 +127,9 @@ public final class Recorder: @unchecked Sendable {
         try FileSystem.writeAtomically(directory + "/run.json", bytes: manifest.encoded())
         let runID = Array(UUID(uuidString: manifest.id).map { withUnsafeBytes(of: $0.uuid) { Array($0) } } ?? [])
         published.withLock { $0.recording = true; $0.run = manifest; $0.runDirectory = directory; $0.writeError = nil }
-        commands.withLock { $0.append(.start(PendingRun(manifest: manifest, directory: directory, runID: runID))) }
+        let taken = Completion<Void>()
+        commands.withLock { $0.append(.start(PendingRun(manifest: manifest, directory: directory, runID: runID), taken: taken)) }
+        taken.wait()
         return directory
     }
 
@@ -204,10 +207,11 @@ public final class Recorder: @unchecked Sendable {
         while true {
             for command in commands.withLock({ c -> [Command] in defer { c.removeAll() }; return c }) {
                 switch command {
-                case .start(let pending):
+                case .start(let pending, let taken):
                     let r = ActiveRun(pending, channels: channels, now: clock.now())
                     run = r
                     openSegment(r)
+                    taken.fulfil(())
                 case .stop(let at, let reason, let completion):
                     if let r = run {
                         r.stopAt = at
@@ -387,7 +391,7 @@ public final class Recorder: @unchecked Sendable {
             let span = r.firstSeq[i].map { r.lastSeq[i] - $0 + 1 } ?? 0
             let counted = channels[i].dropped - r.droppedAtStart[i]
             let dropped = max(span - written, counted)
-            return StreamSummary(name: channels[i].descriptor.name, produced: written + dropped, written: written, dropped: dropped, bytes: r.bytes[i])
+            return StreamCounts(name: channels[i].descriptor.name, produced: written + dropped, written: written, dropped: dropped, bytes: r.bytes[i])
         }
         let result: Result<RunManifest, any Error>
         do {

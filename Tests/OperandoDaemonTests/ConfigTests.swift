@@ -65,6 +65,7 @@ final class ConfigTests: XCTestCase {
             (good.replacingOccurrences(of: "transport = \"simulated\"\n", with: ""), 5, "device[0].transport", "is required"),
             (good.replacingOccurrences(of: "memory_budget_mb = 64", with: "memory_budget_mb = 3"), 2, "daemon.memory_budget_mb", "the rings need"),
             (good.replacingOccurrences(of: "transport = \"simulated\"", with: "transport = \"serial:/dev/ttyUSB0\""), 8, "device[0].transport", "not in this build yet"),
+            (good.replacingOccurrences(of: "driver = \"demo-potentiostat\"\ntransport = \"tcp", with: "driver = \"demo-xrf\"\ntransport = \"tcp"), 15, "device[1].transport", "cannot run over a TCP byte stream"),
         ]
         for (text, line, key, fragment) in cases {
             let found = errors(text)
