@@ -175,6 +175,17 @@ public final class Daemon: @unchecked Sendable {
         return RunInfo(name: m.name, id: m.id, directory: directory, state: m.state.rawValue, startedAt: m.startedAt, stoppedAt: m.stoppedAt, elapsedSeconds: elapsed)
     }
 
+    /// One line for systemd's STATUS=.
+    func statusLine() -> String {
+        let s = recorder.status
+        let connected = runners.filter { $0.snapshot.state == .connected }.count
+        let dropped = s.streams.reduce(0) { $0 + $1.dropped }
+        var line = s.recording ? "recording \(s.run?.name ?? "?")" : "idle"
+        line += ", \(connected)/\(runners.count) devices connected, \(s.bytesWritten >> 20) MiB written, \(dropped) dropped"
+        if let e = s.writeError { line += ", WRITE ERROR: \(e)" }
+        return line
+    }
+
     func devices() -> [DeviceInfo] {
         runners.map { r in
             let s = r.snapshot

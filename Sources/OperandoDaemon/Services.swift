@@ -47,22 +47,33 @@ struct ControlService: Service {
     }
 }
 
-/// WATCHDOG=1 at half of WATCHDOG_USEC, while the writer and devices are alive.
-struct WatchdogService: Service {
+/// Talks to systemd while the daemon runs: WATCHDOG=1 every WATCHDOG_USEC/2, but only while the
+/// writer thread is making progress (a writer stuck on a hung disk lets systemd restart us), and a
+/// STATUS= summary every few seconds for `systemctl status`.
+struct SupervisorService: Service {
     let daemon: Daemon
     func run() async throws {
-        guard let interval = daemon.notifier.watchdogInterval else {
-            try? await gracefulShutdown()
-            return
-        }
+        var lastPing = daemon.clock.now()
+        var lastStatus = lastPing
+        var withheld = false
+        if daemon.notifier.watchdogInterval != nil { daemon.notifier.notify("WATCHDOG=1") }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            daemon.notifier.notify("WATCHDOG=1")
-            try? await Task.sleep(for: min(interval, .seconds(1)) )
-            // Sleep the rest of the interval in short steps so shutdown is prompt.
-            var slept: Duration = min(interval, .seconds(1))
-            while slept < interval && !Task.isShuttingDownGracefully && !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(100))
-                slept += .milliseconds(100)
+            try? await Task.sleep(for: .milliseconds(100))
+            let now = daemon.clock.now()
+            if let interval = daemon.notifier.watchdogInterval, now.nanoseconds - lastPing.nanoseconds >= interval.nanoseconds {
+                let writerIdle = now.nanoseconds - daemon.recorder.lastHeartbeat.nanoseconds
+                if writerIdle < interval.nanoseconds {
+                    daemon.notifier.notify("WATCHDOG=1")
+                    lastPing = now
+                    withheld = false
+                } else if !withheld {
+                    daemon.logger.critical("the writer thread has not gone round for \(writerIdle / 1_000_000) ms; withholding WATCHDOG=1 so systemd restarts the daemon (data synced so far is safe)")
+                    withheld = true
+                }
+            }
+            if now.nanoseconds - lastStatus.nanoseconds >= 5_000_000_000 {
+                daemon.notifier.notify("STATUS=" + daemon.statusLine())
+                lastStatus = now
             }
         }
     }
@@ -71,6 +82,6 @@ struct WatchdogService: Service {
 extension Daemon {
     /// The daemon's services in start order; ServiceGroup stops them in reverse.
     public func services() -> [any Service] {
-        [RecorderService(daemon: self), DevicesService(daemon: self), ControlService(daemon: self), WatchdogService(daemon: self)]
+        [RecorderService(daemon: self), DevicesService(daemon: self), ControlService(daemon: self), SupervisorService(daemon: self)]
     }
 }

@@ -91,6 +91,9 @@ public final class Recorder: @unchecked Sendable {
     }
 
     private let commands = Mutex<[Command]>([])
+    /// Host time of the writer loop's latest pass; the watchdog is fed only while it advances.
+    /// Relaxed: it is a progress indicator, nothing is published through it.
+    private let heartbeat = Atomic<Int64>(0)
     private let published: Mutex<Status>
     private let tails: Mutex<[[TailRecord]]>
     private static let tailDepth = 64
@@ -154,6 +157,10 @@ public final class Recorder: @unchecked Sendable {
     }
 
     public var status: Status { published.withLock { $0 } }
+
+    /// When the writer loop last went round (it goes round at least every few milliseconds unless
+    /// it is stuck, e.g. in a write to a hung disk).
+    public var lastHeartbeat: HostInstant { HostInstant(nanoseconds: heartbeat.load(ordering: .relaxed)) }
 
     /// Records of `stream` newer than `after` (all kept ones when nil).
     public func tail(stream: Int, after: UInt64?) -> [TailRecord] {
@@ -235,6 +242,7 @@ public final class Recorder: @unchecked Sendable {
             }
 
             let now = clock.now()
+            heartbeat.store(now.nanoseconds, ordering: .relaxed)
             if let r = run {
                 if r.error == nil { maintain(r, now: now) }
                 if let stopAt = r.stopAt {
@@ -259,7 +267,8 @@ public final class Recorder: @unchecked Sendable {
     /// Drains one claim from one ring. Returns the number of records taken.
     private func drain(_ index: Int, run: ActiveRun?, parts: inout [UnsafeRawBufferPointer], totalBytes: inout UInt64) -> Int {
         let channel = channels[index]
-        guard let claim = channel.ring.claim(maxBytes: options.claimBytes) else { return 0 }
+        // At most a quarter of the ring at a time, so drop-oldest always has unclaimed records to drop.
+        guard let claim = channel.ring.claim(maxBytes: min(options.claimBytes, channel.ring.capacity / 4)) else { return 0 }
         parts.removeAll(keepingCapacity: true)
         var last: RecordRing.Record?
         let isEvents = channel.descriptor.kind == .events

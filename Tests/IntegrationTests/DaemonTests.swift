@@ -101,6 +101,7 @@ final class DaemonTests: XCTestCase {
         XCTAssertTrue(d.notify.wait(for: "WATCHDOG=1"), "WATCHDOG=1 at half of WATCHDOG_USEC")
         let run = try d.json(RunInfo.self, ["run", "start", "interrupted"])
         try waitForData(d)
+        XCTAssertTrue(d.notify.wait(for: "STATUS=recording interrupted, 2/2 devices connected"), "periodic STATUS= summary: \(d.notify.messages)")
         kill(d.process.processIdentifier, SIGTERM)
         d.process.waitUntilExit()
         XCTAssertEqual(d.process.terminationStatus, 0, d.logText())
