@@ -184,3 +184,29 @@ public struct TailResult: Codable, Sendable {
         self.next = next
     }
 }
+
+public struct PortEntry: Codable, Sendable {
+    public var port: SerialPortInfo
+    /// The configured device whose transport names this port, if any.
+    public var device: String?
+    /// What the port's USB identity suggests it is.
+    public var recognisedAs: String?
+
+    public init(port: SerialPortInfo, device: String?, recognisedAs: String?) {
+        self.port = port
+        self.device = device
+        self.recognisedAs = recognisedAs
+    }
+}
+
+public struct DeviceCommandResult: Codable, Sendable {
+    public var device: String
+    public var command: String
+    public var values: [String: JSONValue]
+
+    public init(device: String, command: String, values: [String: JSONValue]) {
+        self.device = device
+        self.command = command
+        self.values = values
+    }
+}

@@ -48,6 +48,32 @@ public protocol Instrument: AnyObject, Sendable {
     func acquire(link: DeviceLink, sink: any RecordSink, budget: Duration) throws
     /// Stops acquisition politely before the link is closed (best effort).
     func shutdown(link: DeviceLink)
+    /// Carries out a command from the control socket (`move`, `home`, …) on the device's thread,
+    /// between two `acquire` calls. Drivers without commands keep the default, which refuses.
+    func perform(_ command: DeviceCommand, link: DeviceLink, sink: any RecordSink) throws -> [String: EventValue]
+    /// Serial line settings the device needs, when it is reached over a serial port.
+    static var serialDefaults: SerialSettings { get }
+}
+
+extension Instrument {
+    public func perform(_ command: DeviceCommand, link: DeviceLink, sink: any RecordSink) throws -> [String: EventValue] {
+        throw InstrumentError(.unsupported, device: command.device, "the \(Self.driverName) driver has no command \"\(command.name)\"")
+    }
+
+    public static var serialDefaults: SerialSettings { SerialSettings() }
+}
+
+/// A command for one device from the control socket.
+public struct DeviceCommand: Sendable {
+    public var device: String
+    public var name: String
+    public var arguments: [String: EventValue]
+
+    public init(device: String, name: String, arguments: [String: EventValue] = [:]) {
+        self.device = device
+        self.name = name
+        self.arguments = arguments
+    }
 }
 
 /// A few typed accessors over a device's free-form settings from the config file.

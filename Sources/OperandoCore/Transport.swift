@@ -15,6 +15,8 @@ public protocol ByteStreamTransport: AnyObject, Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> TransportRead
     /// Writes all of `bytes` or throws.
     func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration) throws
+    /// What opening the transport did that belongs in the record (see the extension's default).
+    var openNotes: [String] { get }
 }
 
 /// A packet (message, bulk transfer) transport: USB bulk endpoints, datagrams, or an in-memory
@@ -40,6 +42,10 @@ public struct TransportRead: Sendable {
 }
 
 extension ByteStreamTransport {
+    /// What opening the transport did that belongs in the record (e.g. "FTDI latency timer set to
+    /// 1 ms"). Empty by default.
+    public var openNotes: [String] { [] }
+
     public func write(_ string: String, timeout: Duration) throws {
         var s = string
         try s.withUTF8 { try write(UnsafeRawBufferPointer($0), timeout: timeout) }
@@ -70,6 +76,11 @@ public enum DeviceLink: Sendable {
         case .byteStream(let t): t.close()
         case .packets(let t): t.close()
         }
+    }
+
+    public var openNotes: [String] {
+        if case .byteStream(let t) = self { return t.openNotes }
+        return []
     }
 }
 

@@ -8,8 +8,9 @@ public enum TransportSpec: Sendable, Equatable, CustomStringConvertible {
     case simulated
     /// A TCP connection (`tcp:HOST:PORT`).
     case tcp(host: String, port: UInt16)
-    /// A serial port by path (`serial:/dev/ttyUSB0`). Reserved: opened by the serial transport.
-    case serial(path: String)
+    /// A serial port by path (`serial:/dev/ttyUSB0`) or by USB identity
+    /// (`serial:usb:0403:6001[:SERIAL]`, `serial:serial=SERIAL`, `serial:port=1-1.2`).
+    case serial(SerialPortMatch)
     /// A USB device by `usb:VID:PID[:SERIAL]`. Reserved: opened by the USB transport.
     case usb(vendor: UInt16, product: UInt16, serial: String?)
 
@@ -17,7 +18,13 @@ public enum TransportSpec: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .simulated: "simulated"
         case .tcp(let h, let p): "tcp:\(h):\(p)"
-        case .serial(let p): "serial:\(p)"
+        case .serial(let m):
+            switch m {
+            case .path(let p): "serial:\(p)"
+            case .usb(let v, let p, let sn): "serial:usb:" + String(format: "%04x:%04x", v, p) + (sn.map { ":\($0)" } ?? "")
+            case .serialNumber(let sn): "serial:serial=\(sn)"
+            case .usbPort(let p): "serial:port=\(p)"
+            }
         case .usb(let v, let p, let s): "usb:" + String(format: "%04x:%04x", v, p) + (s.map { ":\($0)" } ?? "")
         }
     }
@@ -34,9 +41,17 @@ public enum TransportSpec: Sendable, Equatable, CustomStringConvertible {
             return .success(.tcp(host: String(rest[..<colon]), port: port))
         }
         if text.hasPrefix("serial:") {
-            let path = String(text.dropFirst(7))
-            guard path.hasPrefix("/dev/") else { return .failure(Invalid(message: "expected serial:/dev/NAME, e.g. \"serial:/dev/ttyUSB0\"")) }
-            return .success(.serial(path: path))
+            let rest = String(text.dropFirst(7))
+            if rest.hasPrefix("/") { return .success(.serial(.path(rest))) }
+            if rest.hasPrefix("serial="), rest.count > 7 { return .success(.serial(.serialNumber(String(rest.dropFirst(7))))) }
+            if rest.hasPrefix("port="), rest.count > 5 { return .success(.serial(.usbPort(String(rest.dropFirst(5))))) }
+            if rest.hasPrefix("usb:") {
+                let parts = rest.dropFirst(4).split(separator: ":", maxSplits: 2).map(String.init)
+                if parts.count >= 2, let v = UInt16(parts[0], radix: 16), let p = UInt16(parts[1], radix: 16) {
+                    return .success(.serial(.usb(vendor: v, product: p, serialNumber: parts.count == 3 ? parts[2] : nil)))
+                }
+            }
+            return .failure(Invalid(message: "expected serial:/dev/NAME, serial:usb:VID:PID[:SERIAL], serial:serial=SERIAL or serial:port=BUS-PORT, e.g. \"serial:/dev/ttyUSB0\" or \"serial:usb:0403:6001:A1B2C3\""))
         }
         if text.hasPrefix("usb:") {
             let parts = text.dropFirst(4).split(separator: ":", maxSplits: 2).map(String.init)
@@ -56,6 +71,8 @@ public struct DeviceConfig: Sendable {
     public var ringBytes: Int?
     public var overflow: OverflowPolicy
     public var settings: DeviceSettings
+    /// Line settings for serial transports: the driver's defaults with this device's overrides.
+    public var serial: SerialSettings
 }
 
 public struct DaemonConfig: Sendable {
@@ -84,6 +101,7 @@ public struct ConfigKey: Sendable {
         case integer(ClosedRange<Int>)
         case number(ClosedRange<Double>)
         case string
+        case bool
         case choice([String])
         case transport
         case table
@@ -110,7 +128,14 @@ public struct ConfigKey: Sendable {
         ConfigKey(table: "simulation", key: "initial_soc", kind: .number(0...1), defaultValue: "0.1", doc: "State of charge of the virtual cell at start."),
         ConfigKey(table: "device", key: "name", kind: .string, defaultValue: nil, doc: "Unique device name: letters, digits, `-`, `_`. Streams are named `<name>/<stream>`."),
         ConfigKey(table: "device", key: "driver", kind: .choice(DriverRegistry.names), defaultValue: nil, doc: "Which driver speaks to it."),
-        ConfigKey(table: "device", key: "transport", kind: .transport, defaultValue: nil, doc: "`simulated`, `tcp:HOST:PORT` (serial and USB transports arrive with their drivers)."),
+        ConfigKey(table: "device", key: "transport", kind: .transport, defaultValue: nil, doc: "`simulated`, `tcp:HOST:PORT`, or a serial port: `serial:/dev/ttyUSB0` (any path, pseudo-terminals too), `serial:usb:VID:PID[:SERIAL]`, `serial:serial=SERIAL`, `serial:port=BUS-PORT` (sysfs USB port path, e.g. `1-1.2`). Identities survive re-enumeration."),
+        ConfigKey(table: "device", key: "baud", kind: .integer(50...4_000_000), defaultValue: "the driver's", doc: "Serial baud rate (Zaber ASCII: 115200)."),
+        ConfigKey(table: "device", key: "data_bits", kind: .integer(5...8), defaultValue: "8", doc: "Serial data bits."),
+        ConfigKey(table: "device", key: "parity", kind: .choice(SerialSettings.Parity.allCases.map(\.rawValue)), defaultValue: "\"none\"", doc: "Serial parity."),
+        ConfigKey(table: "device", key: "stop_bits", kind: .integer(1...2), defaultValue: "1", doc: "Serial stop bits."),
+        ConfigKey(table: "device", key: "flow_control", kind: .choice(SerialSettings.FlowControl.allCases.map(\.rawValue)), defaultValue: "\"none\"", doc: "Serial flow control (DTR/DSR is not supported by libserialport on Linux)."),
+        ConfigKey(table: "device", key: "dtr", kind: .bool, defaultValue: "true", doc: "Drive DTR high once the port is open (some bridges power the device from it)."),
+        ConfigKey(table: "device", key: "rts", kind: .bool, defaultValue: "true", doc: "Drive RTS high once the port is open (ignored with RTS/CTS flow control)."),
         ConfigKey(table: "device", key: "ring_mb", kind: .integer(1...16384), defaultValue: "[daemon] ring_mb", doc: "Ring size for each of this device's streams (MiB)."),
         ConfigKey(table: "device", key: "overflow", kind: .choice(OverflowPolicy.allCases.map(\.rawValue)), defaultValue: "\"block\"", doc: "When a ring is full: `block` the device thread, `drop-oldest` or `drop-newest`. Drops are counted and reported."),
         ConfigKey(table: "device", key: "settings", kind: .table, defaultValue: "{}", doc: "Driver settings, e.g. `rate_hz` and `current_a` (demo-potentiostat), `channels` and `interval_ms` (demo-xrf)."),
@@ -183,12 +208,24 @@ public enum ConfigLoader {
                 }
                 let driver = v.choice(t, where_, "driver", schema: "device")
                 var transport = v.transport(t, where_)
-                if case .tcp? = transport, let driver, DriverRegistry.linkKind(driver) == .packets {
-                    v.error("\(where_).transport", "\(driver) exchanges packets and cannot run over a TCP byte stream; use \"simulated\"")
-                    transport = nil
+                if let driver, DriverRegistry.linkKind(driver) == .packets {
+                    switch transport {
+                    case .tcp?, .serial?:
+                        v.error("\(where_).transport", "\(driver) exchanges packets and cannot run over a byte stream (TCP or serial); use \"simulated\"")
+                        transport = nil
+                    default: break
+                    }
                 }
                 let ring = v.int(t, where_, "ring_mb", schema: "device", required: false)
                 let overflow = v.choice(t, where_, "overflow", schema: "device").flatMap(OverflowPolicy.init(rawValue:)) ?? .block
+                var serial = driver.flatMap { DriverRegistry.serialDefaults($0) } ?? SerialSettings()
+                if let b = v.int(t, where_, "baud", schema: "device", required: false) { serial.baudRate = b }
+                if let b = v.int(t, where_, "data_bits", schema: "device", required: false) { serial.dataBits = b }
+                if let p = v.choice(t, where_, "parity", schema: "device").flatMap(SerialSettings.Parity.init(rawValue:)) { serial.parity = p }
+                if let b = v.int(t, where_, "stop_bits", schema: "device", required: false) { serial.stopBits = b }
+                if let f = v.choice(t, where_, "flow_control", schema: "device").flatMap(SerialSettings.FlowControl.init(rawValue:)) { serial.flowControl = f }
+                if let d = v.bool(t, where_, "dtr") { serial.dtr = d }
+                if let r = v.bool(t, where_, "rts") { serial.rts = r }
                 var settings = DeviceSettings()
                 if let s = t["settings"] {
                     if let st = s.table {
@@ -215,7 +252,7 @@ public enum ConfigLoader {
                         let key = settings.values.keys.sorted().first { message.contains("\($0) =") }
                         v.error("\(where_).settings" + (key.map { ".\($0)" } ?? ""), message)
                     }
-                    devices.append(DeviceConfig(name: name, driver: driver, transport: transport, ringBytes: (ring ?? defaultRingMB).map { $0 << 20 }, overflow: overflow, settings: settings))
+                    devices.append(DeviceConfig(name: name, driver: driver, transport: transport, ringBytes: (ring ?? defaultRingMB).map { $0 << 20 }, overflow: overflow, settings: settings, serial: serial))
                 }
             }
         case _?:
@@ -390,11 +427,20 @@ struct Validator {
         return s
     }
 
+    mutating func bool(_ t: TOMLTable?, _ where_: String, _ key: String) -> Bool? {
+        guard let v = value(t, where_, key, schema: "device", required: false) else { return nil }
+        guard let b = v.bool else {
+            error("\(where_).\(key)", "expected true or false, got \(v.debugDescription)")
+            return nil
+        }
+        return b
+    }
+
     mutating func transport(_ t: TOMLTable, _ where_: String) -> TransportSpec? {
         guard let s = string(t, where_, "transport", schema: "device") else { return nil }
         switch TransportSpec.parse(s) {
-        case .success(.serial), .success(.usb):
-            error("\(where_).transport", "\"\(s)\": serial and USB transports are not in this build yet; use \"simulated\" or \"tcp:HOST:PORT\"")
+        case .success(.usb):
+            error("\(where_).transport", "\"\(s)\": USB bulk transports are not in this build yet; use \"simulated\", \"tcp:HOST:PORT\" or \"serial:…\"")
             return nil
         case .success(let spec): return spec
         case .failure(let invalid):

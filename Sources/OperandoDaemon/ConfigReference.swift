@@ -7,6 +7,7 @@ public enum ConfigReference {
             case .integer(let r): "integer \(r.lowerBound)…\(r.upperBound)"
             case .number(let r): "number \(r.lowerBound)…\(r.upperBound)"
             case .string: "string"
+            case .bool: "boolean"
             case .choice(let c): c.map { "`\($0)`" }.joined(separator: " ")
             case .transport: "transport"
             case .table: "table"

@@ -119,12 +119,21 @@ public final class Daemon: @unchecked Sendable {
             case "mark": result = try JSONValue(encoding: mark(args, peer: peer))
             case "tail": result = try JSONValue(encoding: tail(args))
             case "sim.unplug", "sim.replug": result = try simulatedCable(args, plug: request.cmd == "sim.replug")
+            case "ports": result = try JSONValue(encoding: ports())
+            case "move", "home": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
             default:
-                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, run.start, run.stop, run.list, mark, tail, sim.unplug, sim.replug")
+                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, mark, tail, move, home, sim.unplug, sim.replug")
             }
             return .success(id: request.id, result)
         } catch let error as ControlError {
             return .failure(id: request.id, error)
+        } catch let error as InstrumentError {
+            let code: ControlErrorCode = switch error.code {
+            case .rejected, .unsupported: .badArguments
+            case .disconnected, .notFound: .conflict
+            default: .failed
+            }
+            return .failure(id: request.id, ControlError(code, "\(error)"))
         } catch let error as RecorderError {
             let code: ControlErrorCode = switch error {
             case .alreadyRecording, .notRecording, .runExists: .conflict
@@ -290,6 +299,53 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         return TailResult(stream: name, kind: d.kind.rawValue, columns: d.fields.map { "\($0.name) (\($0.unit))" }, entries: entries, next: records.last?.sequence ?? after)
+    }
+
+    func ports() throws -> [PortEntry] {
+        try SerialPorts.list().map { port in
+            let device = runners.first { r in
+                if case .serial(let m) = r.config.transport { return m.matches(port) }
+                return false
+            }?.config.name
+            return PortEntry(port: port, device: device, recognisedAs: DriverRegistry.recognise(port))
+        }
+    }
+
+    /// `move` (args: device, axis, position, unit "mm"/"um", relative) and `home` (device, axis).
+    func deviceCommand(_ name: String, _ args: [String: JSONValue]) throws -> DeviceCommandResult {
+        let device = try string(args, "device")!
+        guard let runner = runners.first(where: { $0.config.name == device }) else {
+            throw ControlError(.notFound, "no device \"\(device)\"; devices: \(runners.map(\.config.name).joined(separator: ", "))")
+        }
+        var arguments: [String: EventValue] = [:]
+        switch args["axis"] {
+        case nil, .null?: break
+        case .number(let n)? where n == n.rounded() && n >= 0 && n < 100: arguments["axis"] = .integer(Int64(n))
+        case let other?: throw ControlError(.badArguments, "\"axis\" must be a whole number 0…99 (0 = all), got \(other)")
+        }
+        if name == "move" {
+            guard case .number(let position)? = args["position"], position.isFinite else {
+                throw ControlError(.badArguments, "move needs \"position\" (a number)")
+            }
+            let unit = try string(args, "unit", required: false) ?? "mm"
+            let scale: Double = switch unit {
+            case "mm": 1000
+            case "um", "µm": 1
+            default: throw ControlError(.badArguments, "unit \"\(unit)\" is not a length unit I know; use mm or um")
+            }
+            arguments["position_um"] = .number(position * scale)
+            if args["relative"] == .bool(true) { arguments["relative"] = .bool(true) }
+        }
+        let values = try runner.perform(DeviceCommand(device: device, name: name, arguments: arguments))
+        logger.info("\(name) on \(device): \(values)")
+        return DeviceCommandResult(device: device, command: name, values: values.mapValues { v in
+            switch v {
+            case .string(let s): .string(s)
+            case .number(let d): .number(d)
+            case .integer(let i): .number(Double(i))
+            case .bool(let b): .bool(b)
+            }
+        })
     }
 
     private func simulatedCable(_ args: [String: JSONValue], plug: Bool) throws -> JSONValue {

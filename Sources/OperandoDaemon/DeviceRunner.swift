@@ -32,6 +32,8 @@ final class DeviceRunner: @unchecked Sendable {
     private let reconnectMax: Duration
     private let stopping = Atomic<Bool>(false)
     private let snapshotLock: Mutex<Snapshot>
+    /// Commands from the control socket, carried out on the device thread between acquisitions.
+    private let mailbox = Mutex<[(DeviceCommand, Completion<Result<[String: EventValue], any Error>>)]>([])
     private var thread: IOThread?
     private var simulatorThread: IOThread?
 
@@ -54,13 +56,43 @@ final class DeviceRunner: @unchecked Sendable {
         case .tcp(let host, let port):
             simulatedLink = nil
             link = .byteStream(TCPByteStream(host: host, port: port, clock: clock))
-        case .serial, .usb:
+        case .serial(let match):
+            simulatedLink = nil
+            link = .byteStream(SerialPortTransport(match: match, settings: config.serial, clock: clock))
+        case .usb:
             // Rejected when the configuration is loaded.
             preconditionFailure("transport \(config.transport) is not available in this build")
         }
     }
 
     var snapshot: Snapshot { snapshotLock.withLock { $0 } }
+
+    /// Runs `command` on the device thread and waits for its result (call from a control
+    /// connection's thread). Refused at once when the device is not connected.
+    func perform(_ command: DeviceCommand) throws -> [String: EventValue] {
+        guard snapshot.state == .connected else {
+            throw InstrumentError(.disconnected, device: config.name, "\(config.name) is \(snapshot.state.rawValue); `operandoctl devices` shows why")
+        }
+        let done = Completion<Result<[String: EventValue], any Error>>()
+        mailbox.withLock { $0.append((command, done)) }
+        return try done.wait().get()
+    }
+
+    private func runCommands() {
+        for (command, done) in mailbox.withLock({ m in defer { m.removeAll() }; return m }) {
+            do {
+                done.fulfil(.success(try driver.perform(command, link: link, sink: sink)))
+            } catch {
+                done.fulfil(.failure(error))
+            }
+        }
+    }
+
+    private func refuseCommands(_ why: String) {
+        for (command, done) in mailbox.withLock({ m in defer { m.removeAll() }; return m }) {
+            done.fulfil(.failure(InstrumentError(.disconnected, device: command.device, why)))
+        }
+    }
     private var isStopping: Bool { stopping.load(ordering: .relaxed) }
 
     func start() {
@@ -106,13 +138,17 @@ final class DeviceRunner: @unchecked Sendable {
                     sink.event(Event(kind: .gap, source: config.name, hostTime: lostAt, endTime: now, message: "no data from \(config.name) while it was disconnected (\(String(format: "%.3f", now.seconds(since: lostAt))) s)"))
                 }
                 lostAt = nil
-                sink.event(Event(kind: .stateChange, source: config.name, hostTime: now, message: "connected: \(identity.model) serial \(identity.serialNumber) firmware \(identity.firmware)",
-                                 values: ["state": .string("connected"), "serial": .string(identity.serialNumber)]))
+                let notes = link.openNotes
+                sink.event(Event(kind: .stateChange, source: config.name, hostTime: now,
+                                 message: "connected: \(identity.model) serial \(identity.serialNumber) firmware \(identity.firmware) via \(link.endpoint)" + (notes.isEmpty ? "" : "; " + notes.joined(separator: "; ")),
+                                 values: ["state": .string("connected"), "serial": .string(identity.serialNumber), "endpoint": .string(link.endpoint)]))
+                for note in notes { logger.info("\(note)") }
                 update { $0.state = .connected; $0.identity = identity; $0.lastError = nil }
                 logger.info("connected to \(identity.model) serial \(identity.serialNumber) firmware \(identity.firmware) via \(link.endpoint)")
                 backoff = .milliseconds(100)
                 while !stopping.load(ordering: .relaxed) {
-                    try driver.acquire(link: link, sink: sink, budget: .milliseconds(100))
+                    runCommands()
+                    try driver.acquire(link: link, sink: sink, budget: .milliseconds(50))
                 }
                 driver.shutdown(link: link)
                 link.close()
@@ -127,6 +163,7 @@ final class DeviceRunner: @unchecked Sendable {
                 } else {
                     logger.warning("cannot reach \(config.name) via \(link.endpoint): \(error); retrying in \(backoff)")
                 }
+                refuseCommands("\(config.name) went away: \(error)")
                 update { s in
                     s.state = .disconnected
                     s.lastError = "\(error)"
@@ -139,5 +176,6 @@ final class DeviceRunner: @unchecked Sendable {
             }
         }
         update { $0.state = .stopped }
+        refuseCommands("the daemon is stopping")
     }
 }

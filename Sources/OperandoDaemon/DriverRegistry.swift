@@ -3,23 +3,30 @@ import DemoSimulator
 import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
+import ZaberDriver
 
 /// The drivers this build knows, and their simulators for `transport = "simulated"`.
 public enum DriverRegistry {
-    public static let names = [DemoPotentiostatDriver.driverName, DemoXRFDriver.driverName]
+    public static let names = [DemoPotentiostatDriver.driverName, DemoXRFDriver.driverName, ZaberStageDriver.driverName]
 
-    public static func linkKind(_ driver: String) -> LinkKind? {
+    private static func type(_ driver: String) -> (any Instrument.Type)? {
         switch driver {
-        case DemoPotentiostatDriver.driverName: DemoPotentiostatDriver.linkKind
-        case DemoXRFDriver.driverName: DemoXRFDriver.linkKind
+        case DemoPotentiostatDriver.driverName: DemoPotentiostatDriver.self
+        case DemoXRFDriver.driverName: DemoXRFDriver.self
+        case ZaberStageDriver.driverName: ZaberStageDriver.self
         default: nil
         }
     }
+
+    public static func serialDefaults(_ driver: String) -> SerialSettings? { type(driver)?.serialDefaults }
+
+    public static func linkKind(_ driver: String) -> LinkKind? { type(driver)?.linkKind }
 
     public static func makeDriver(_ driver: String, name: String, settings: DeviceSettings) throws -> any Instrument {
         switch driver {
         case DemoPotentiostatDriver.driverName: try DemoPotentiostatDriver(name: name, settings: settings)
         case DemoXRFDriver.driverName: try DemoXRFDriver(name: name, settings: settings)
+        case ZaberStageDriver.driverName: try ZaberStageDriver(name: name, settings: settings)
         default: throw InstrumentError(.unsupported, device: name, "unknown driver \"\(driver)\"; known: \(names.joined(separator: ", "))")
         }
     }
@@ -48,6 +55,20 @@ public enum DriverRegistry {
             DemoPotentiostatSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)").serve(byteStream, shouldStop: shouldStop)
         default:
             throw InstrumentError(.unsupported, device: name, "the \(driver) simulator does not speak over a byte stream")
+        }
+    }
+}
+
+extension DriverRegistry {
+    /// What a USB serial bridge probably is, from its vendor and product id (for `ports`).
+    public static func recognise(_ port: SerialPortInfo) -> String? {
+        switch (port.vendorID, port.productID) {
+        case (0x2939?, _): "Zaber (zaber-ascii)"
+        case (0x0403?, 0xFAF0?): "Thorlabs APT motor controller"
+        case (0x10C4?, 0x842A?): "Amptek DP5/PX5/X-123"
+        case (0x0403?, _): "FTDI USB-serial bridge (Zaber cables, EmStat Pico, …)"
+        case (0x10C4?, 0xEA60?): "Silicon Labs CP210x bridge"
+        default: nil
         }
     }
 }

@@ -88,7 +88,7 @@ struct OperandoCtl: ParsableCommand {
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
         usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
-        subcommands: [Status.self, Devices.self, Run.self, Mark.self, Tail.self, Sim.self])
+        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Sim.self])
 
     /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
     /// command; they are moved behind it, where every command's option group reads them.
@@ -140,6 +140,65 @@ struct Devices: ParsableCommand {
                 ["DEVICE", "DRIVER", "TRANSPORT", "STATE", "MODEL", "SERIAL", "FIRMWARE", "RECONNECTS", "LAST ERROR"],
                 devices.map { [$0.name, $0.driver, $0.transport, $0.state, $0.model ?? "-", $0.serialNumber ?? "-", $0.firmware ?? "-", "\($0.reconnects)", $0.lastError ?? "-"] })
         }
+    }
+}
+
+struct Ports: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serial ports on this machine with their USB identity, and which device uses each.")
+    @OptionGroup var global: Global
+
+    func run() throws {
+        try global.output(global.call("ports"), as: [PortEntry].self) { ports in
+            func hex(_ v: UInt16?) -> String { v.map { String(format: "%04x", $0) } ?? "-" }
+            return table(
+                ["PORT", "TRANSPORT", "VID:PID", "SERIAL", "USB PORT", "MANUFACTURER", "PRODUCT", "DEVICE", "LOOKS LIKE"],
+                ports.map { e in
+                    [e.port.name, e.port.transport, e.port.vendorID == nil ? "-" : "\(hex(e.port.vendorID)):\(hex(e.port.productID))", e.port.serialNumber ?? "-",
+                     e.port.usbPortPath ?? "-", e.port.manufacturer ?? "-", e.port.product ?? "-", e.device ?? "-", e.recognisedAs ?? "-"]
+                })
+        }
+    }
+}
+
+/// Parses "12.5mm", "300um", "300µm" or a bare number (in `defaultUnit`).
+func length(_ text: String, defaultUnit: String) throws -> (Double, String) {
+    for unit in ["mm", "um", "µm"] where text.hasSuffix(unit) {
+        guard let v = Double(text.dropLast(unit.count)) else { break }
+        return (v, unit == "µm" ? "um" : unit)
+    }
+    guard let v = Double(text) else { throw ValidationError("\(text): expected a length like 12.5mm or 300um") }
+    return (v, defaultUnit)
+}
+
+struct Move: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Move a stage axis to a position (or by a distance with --relative). Waits for the command to be accepted, not for the move to end.")
+    @OptionGroup var global: Global
+    @Argument(help: "Device name.") var device: String
+    @Argument(help: "Position with a unit: 12.5mm, 300um (a bare number uses --unit).") var position: String
+    @Option(name: .long, help: "Axis (1…); 0 or absent for a single-axis device.") var axis: Int?
+    @Option(name: .long, help: "Unit of a bare number: mm or um.") var unit = "mm"
+    @Flag(name: .long, help: "Move by POSITION instead of to it.") var relative = false
+
+    func run() throws {
+        let (value, u) = try length(position, defaultUnit: unit)
+        var args: [String: JSONValue] = ["device": .string(device), "position": .number(value), "unit": .string(u), "relative": .bool(relative)]
+        if let axis { args["axis"] = .number(Double(axis)) }
+        try global.output(global.call("move", args), as: DeviceCommandResult.self) { r in
+            "\(r.device): moving axis \(r.values["axis"].map { "\($0)" } ?? "?") \(relative ? "by" : "to") \(r.values["target_um"].map { "\($0)" } ?? "?") um (\(r.values["microsteps"].map { "\($0)" } ?? "?") microsteps)\n"
+        }
+    }
+}
+
+struct Home: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Home a stage (all axes, or one with --axis).")
+    @OptionGroup var global: Global
+    @Argument(help: "Device name.") var device: String
+    @Option(name: .long, help: "Axis (1…); all axes when absent.") var axis: Int?
+
+    func run() throws {
+        var args: [String: JSONValue] = ["device": .string(device)]
+        if let axis { args["axis"] = .number(Double(axis)) }
+        try global.output(global.call("home", args), as: DeviceCommandResult.self) { r in "\(r.device): homing\n" }
     }
 }
 

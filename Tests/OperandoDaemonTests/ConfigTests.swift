@@ -46,6 +46,45 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.syncInterval, .milliseconds(500), "default")
     }
 
+    func testParse_serialTransports_byPathAndIdentity_withLineSettings() throws {
+        let text = good + """
+
+            [[device]]
+            name = "stage"
+            driver = "zaber-ascii"
+            transport = "serial:usb:2939:495b:AB123"
+            parity = "even"
+            dtr = false
+
+            [[device]]
+            name = "pty"
+            driver = "zaber-ascii"
+            transport = "serial:/tmp/zaber0"
+            baud = 9600
+
+            [[device]]
+            name = "byport"
+            driver = "zaber-ascii"
+            transport = "serial:port=1-1.2"
+
+            [[device]]
+            name = "bysn"
+            driver = "zaber-ascii"
+            transport = "serial:serial=FT1234"
+            """
+        let c = try ConfigLoader.parse(text: text, path: "lab.toml")
+        let d = Dictionary(uniqueKeysWithValues: c.devices.map { ($0.name, $0) })
+        XCTAssertEqual(d["stage"]?.transport, .serial(.usb(vendor: 0x2939, product: 0x495B, serialNumber: "AB123")))
+        XCTAssertEqual(d["stage"]?.serial.baudRate, 115_200, "the Zaber driver's default")
+        XCTAssertEqual(d["stage"]?.serial.parity, .even)
+        XCTAssertEqual(d["stage"]?.serial.dtr, false)
+        XCTAssertEqual(d["pty"]?.transport, .serial(.path("/tmp/zaber0")))
+        XCTAssertEqual(d["pty"]?.serial.baudRate, 9600)
+        XCTAssertEqual(d["byport"]?.transport, .serial(.usbPort("1-1.2")))
+        XCTAssertEqual(d["bysn"]?.transport, .serial(.serialNumber("FT1234")))
+        XCTAssertEqual(d["stage"]?.transport.description, "serial:usb:2939:495b:AB123")
+    }
+
     func testDemoConfig_isValid() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let c = try ConfigLoader.load(path: root.appendingPathComponent("Config/demo.toml").path)
@@ -64,8 +103,11 @@ final class ConfigTests: XCTestCase {
             (good.replacingOccurrences(of: "overflow = \"drop-newest\"", with: "overflow = \"drop-some\""), 16, "device[1].overflow", "\"block\""),
             (good.replacingOccurrences(of: "transport = \"simulated\"\n", with: ""), 5, "device[0].transport", "is required"),
             (good.replacingOccurrences(of: "memory_budget_mb = 64", with: "memory_budget_mb = 3"), 2, "daemon.memory_budget_mb", "the rings need"),
-            (good.replacingOccurrences(of: "transport = \"simulated\"", with: "transport = \"serial:/dev/ttyUSB0\""), 8, "device[0].transport", "not in this build yet"),
-            (good.replacingOccurrences(of: "driver = \"demo-potentiostat\"\ntransport = \"tcp", with: "driver = \"demo-xrf\"\ntransport = \"tcp"), 15, "device[1].transport", "cannot run over a TCP byte stream"),
+            (good.replacingOccurrences(of: "transport = \"simulated\"", with: "transport = \"usb:10c4:842a\""), 8, "device[0].transport", "not in this build yet"),
+            (good.replacingOccurrences(of: "transport = \"simulated\"", with: "transport = \"serial:usb:zz:1\""), 8, "device[0].transport", "serial:usb:VID:PID"),
+            (good.replacingOccurrences(of: "overflow = \"drop-newest\"", with: "baud = \"fast\""), 16, "device[1].baud", "expected a whole number"),
+            (good.replacingOccurrences(of: "overflow = \"drop-newest\"", with: "dtr = 1"), 16, "device[1].dtr", "expected true or false"),
+            (good.replacingOccurrences(of: "driver = \"demo-potentiostat\"\ntransport = \"tcp", with: "driver = \"demo-xrf\"\ntransport = \"tcp"), 15, "device[1].transport", "cannot run over a byte stream"),
         ]
         for (text, line, key, fragment) in cases {
             let found = errors(text)
