@@ -28,6 +28,16 @@ public enum EventValue: Codable, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The value as a number, whether it was stored as an integer or not (JSON does not keep the
+    /// difference between 5000 and 5000.0).
+    public var doubleValue: Double? {
+        switch self {
+        case .number(let d): d
+        case .integer(let i): Double(i)
+        default: nil
+        }
+    }
+
     public var description: String {
         switch self {
         case .string(let s): s

@@ -129,6 +129,25 @@ final class DemoInstrumentTests: XCTestCase {
         }
     }
 
+    /// A device that streamed and then went quiet is reported as lost, so the runner reconnects.
+    func testPotentiostat_whenDataStops_acquireReportsTheSilence() throws {
+        let clock = ManualTestClock()
+        let link = InMemoryLink(clock: clock)
+        let driver = try DemoPotentiostatDriver(name: "p", settings: DeviceSettings(["rate_hz": .integer(100)]))
+        let sink = CollectingSink(clock: clock)
+        let device = link.deviceByteStream
+        try device.write("D 100 3.5 0.001 0\n", timeout: .seconds(1))
+        try driver.acquire(link: .byteStream(link.hostByteStream), sink: sink, budget: .milliseconds(1))
+        XCTAssertEqual(sink.records.count, 1)
+        clock.advance(driver.silenceLimit - 1_000_000)
+        XCTAssertNoThrow(try driver.acquire(link: .byteStream(link.hostByteStream), sink: sink, budget: .milliseconds(1)))
+        clock.advance(2_000_000)
+        XCTAssertThrowsError(try driver.acquire(link: .byteStream(link.hostByteStream), sink: sink, budget: .milliseconds(1))) { error in
+            XCTAssertEqual((error as? InstrumentError)?.code, .replyTimedOut)
+            XCTAssertTrue("\(error)".contains("stopped answering"), "\(error)")
+        }
+    }
+
     func testXRF_againstSimulator_streamsSpectraWithNickelLinesFollowingCharge() throws {
         var params = VirtualCell.Parameters()
         params.initialStateOfCharge = 0
@@ -179,6 +198,17 @@ final class DemoInstrumentTests: XCTestCase {
         XCTAssertThrowsError(try DemoPotentiostatDriver(name: "p", settings: DeviceSettings(["rate_hz": .integer(0)])))
         XCTAssertThrowsError(try DemoPotentiostatDriver(name: "p", settings: DeviceSettings(["current_a": .number(1)])))
         XCTAssertThrowsError(try DemoXRFDriver(name: "x", settings: DeviceSettings(["channels": .integer(100)])))
+    }
+}
+
+/// A host clock the test moves by hand.
+final class ManualTestClock: HostClock, @unchecked Sendable {
+    private let value = Mutex<Int64>(1_000_000_000)
+    func now() -> HostInstant { HostInstant(nanoseconds: value.withLock { $0 }) }
+    func advance(_ ns: Int64) { value.withLock { $0 += ns } }
+    func realtimeAnchor() -> RealtimeAnchor {
+        let n = now()
+        return RealtimeAnchor(before: n, after: n, utcNanoseconds: n.nanoseconds, taiOffsetSeconds: 0)
     }
 }
 

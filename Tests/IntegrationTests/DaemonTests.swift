@@ -3,6 +3,7 @@ import OperandoControl
 import OperandoCore
 import OperandoIO
 import OperandoStore
+import OperandoTestSupport
 import XCTest
 
 #if canImport(Glibc)

@@ -22,6 +22,10 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
     private var lineHostTime = HostInstant(nanoseconds: 0)
     /// Lines that could not be parsed since the last connect.
     public private(set) var malformedLines = 0
+    /// When the last byte arrived; silence for `silenceLimit` means the device stopped answering.
+    private var lastData = HostInstant(nanoseconds: 0)
+    /// Ten sample periods, at least 2 s.
+    public var silenceLimit: Int64 { max(2_000_000_000, Int64(10e9 / rateHz)) }
 
     public static let maxLineBytes = 512
 
@@ -59,12 +63,21 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
         try expectOK(command("RATE \(rateHz)", port, sink: sink, expect: isReply), "RATE")
         try expectOK(command("CURRENT \(current)", port, sink: sink, expect: isReply), "CURRENT")
         try expectOK(command("START", port, sink: sink, expect: isReply), "START")
+        lastData = sink.clock.now()
         return DeviceIdentity(model: fields[1], serialNumber: fields[2], firmware: fields[3], protocolVersion: "demo-pstat/1")
     }
 
     public func acquire(link: DeviceLink, sink: any RecordSink, budget: Duration) throws {
         guard case .byteStream(let port) = link else { return }
         let read = try readBuffer.withUnsafeMutableBytes { try port.read(into: $0, timeout: budget) }
+        if read.count == 0 {
+            let silent = read.hostTime.nanoseconds - lastData.nanoseconds
+            if silent > silenceLimit {
+                throw InstrumentError(.replyTimedOut, device: name, "no data for \(silent / 1_000_000) ms while streaming at \(rateHz) Hz; the device stopped answering")
+            }
+            return
+        }
+        lastData = read.hostTime
         for i in 0..<read.count {
             let byte = readBuffer[i]
             if byte == UInt8(ascii: "\n") {

@@ -13,6 +13,9 @@ public final class DemoXRFDriver: Instrument, @unchecked Sendable {
     public let streams: [StreamDescriptor]
     private var packet: [UInt8]
     private static let headerBytes = 24
+    private var lastData = HostInstant(nanoseconds: 0)
+    /// Three acquisition intervals plus a second without a packet means the detector stopped answering.
+    public var silenceLimit: Int64 { Int64(intervalMilliseconds) * 3_000_000 + 1_000_000_000 }
 
     public init(name: String, settings: DeviceSettings) throws {
         self.name = name
@@ -45,6 +48,7 @@ public final class DemoXRFDriver: Instrument, @unchecked Sendable {
         }
         let reply = try request("ACQ \(channels) \(intervalMilliseconds)", port, sink: sink)
         guard reply == "OK" else { throw InstrumentError(.rejected, device: name, "ACQ was refused: \(reply)") }
+        lastData = sink.clock.now()
         sink.event(Event(kind: .stateChange, source: name, hostTime: sink.clock.now(), message: "acquisition started: \(channels) channels every \(intervalMilliseconds) ms",
                          values: ["channels": .integer(Int64(channels)), "interval_ms": .integer(Int64(intervalMilliseconds))]))
         return DeviceIdentity(model: fields[1], serialNumber: fields[2], firmware: fields[3], protocolVersion: "demo-xrf/1")
@@ -53,7 +57,15 @@ public final class DemoXRFDriver: Instrument, @unchecked Sendable {
     public func acquire(link: DeviceLink, sink: any RecordSink, budget: Duration) throws {
         guard case .packets(let port) = link else { return }
         let read = try packet.withUnsafeMutableBytes { try port.receive(into: $0, timeout: budget) }
-        if read.count > 0 { handle(count: read.count, hostTime: read.hostTime, sink: sink) }
+        guard read.count > 0 else {
+            let silent = read.hostTime.nanoseconds - lastData.nanoseconds
+            if silent > silenceLimit {
+                throw InstrumentError(.replyTimedOut, device: name, "no spectrum for \(silent / 1_000_000) ms with \(intervalMilliseconds) ms acquisitions; the detector stopped answering")
+            }
+            return
+        }
+        lastData = read.hostTime
+        handle(count: read.count, hostTime: read.hostTime, sink: sink)
     }
 
     public func shutdown(link: DeviceLink) {
