@@ -1,0 +1,148 @@
+import Foundation
+import OperandoControl
+import OperandoCore
+import OperandoIO
+import OperandoStore
+import OperandoTestSupport
+import XCTest
+
+/// The whole daemon on its real libserialport path: an emulated FTDI /dev/ttyUSB0 (umockdev,
+/// with USB parents), the Zaber simulator behind it, operandod under the preloads.
+final class DaemonSerialTests: XCTestCase {
+    private func config(transport: String) -> String {
+        """
+        [daemon]
+        memory_budget_mb = 64
+        ring_mb = 2
+        sync_interval_ms = 100
+        reconnect_max_s = 1
+        log_level = "debug"
+
+        [[device]]
+        name = "stage"
+        driver = "zaber-ascii"
+        transport = "\(transport)"
+        [device.settings]
+        poll_hz = 20
+        """
+    }
+
+    private struct Setup {
+        let harness: UmockdevHarness
+        let client: ControlClient
+        let directory: String
+    }
+
+    private func start(transport: String, serial: String = "ZB0001") throws -> Setup {
+        try UmockdevHarness.requireEnvironment()
+        let directory = try UmockdevHarness.makeTemporaryDirectory(prefix: "odserial")
+        let configPath = directory + "/operandod.toml"
+        try FileSystem.writeAtomically(configPath, bytes: Array(config(transport: transport).utf8))
+        let socket = directory + "/control.sock"
+        let harness = try UmockdevHarness(
+            devices: [EmulatedSerialDevice(name: "ttyUSB0", serial: serial, simulator: .exec([try Binaries.path("operando-sim"), "zaber", "--pty", "{link}"]))],
+            program: [try Binaries.path("operandod"), "--config", configPath, "--socket", socket, "--data-dir", directory + "/data"])
+        try harness.waitUntilReady()
+        let client = ControlClient(socket: socket)
+        try client.waitForDevice("stage", "connected") { $0.state == "connected" }
+        return Setup(harness: harness, client: client, directory: directory)
+    }
+
+    private func written(_ c: ControlClient) throws -> UInt64 {
+        try c.json(StatusResult.self, ["status"]).streams.first { $0.name == "stage/position" }?.written ?? 0
+    }
+
+    private func position(_ c: ControlClient) throws -> Double? {
+        try c.json(TailResult.self, ["tail", "stage/position"]).entries.last?.values?.first
+    }
+
+    func testPorts_listTheEmulatedBridgeWithItsIdentityAndTheDeviceUsingIt() throws {
+        let s = try start(transport: "serial:usb:0403:6001:ZB0001")
+        defer { s.harness.stop(); try? FileManager.default.removeItem(atPath: s.directory) }
+        let ports = try s.client.json([PortEntry].self, ["ports"])
+        let entry = try XCTUnwrap(ports.first { $0.port.name == "/dev/ttyUSB0" }, "\(ports)")
+        XCTAssertEqual(entry.port.transport, "usb")
+        XCTAssertEqual(entry.port.vendorID, 0x0403)
+        XCTAssertEqual(entry.port.productID, 0x6001)
+        XCTAssertEqual(entry.port.serialNumber, "ZB0001")
+        XCTAssertEqual(entry.port.manufacturer, "FTDI")
+        XCTAssertEqual(entry.device, "stage")
+        XCTAssertNotNil(entry.recognisedAs)
+        let table = try s.client.ctl(["ports"])
+        XCTAssertEqual(table.status, 0)
+        XCTAssertTrue(table.out.contains("0403:6001") && table.out.contains("ZB0001") && table.out.contains("stage"), table.out)
+    }
+
+    func testZaberOnEmulatedTtyUSB_foundByIdentity_recordsMovesAndSurvivesGarbageSilenceAndUnplug() throws {
+        let s = try start(transport: "serial:usb:0403:6001:ZB0001")
+        defer { s.harness.stop(); try? FileManager.default.removeItem(atPath: s.directory) }
+        let c = s.client
+        let device = try XCTUnwrap(c.json([DeviceInfo].self, ["devices"]).first)
+        XCTAssertEqual(device.transport, "serial:usb:0403:6001:ZB0001")
+        XCTAssertNotNil(device.serialNumber)
+
+        let run = try c.json(RunInfo.self, ["run", "start", "stage-run"])
+        try c.waitForStatus("positions recorded") { $0.streams.first { $0.name == "stage/position" }.map { $0.written > 10 } ?? false }
+
+        // Home, then a move in mm: the stage gets there (positions are recorded in µm).
+        XCTAssertEqual(try c.ctl(["home", "stage"]).status, 0)
+        let moved = try c.json(DeviceCommandResult.self, ["move", "stage", "5mm"])
+        XCTAssertEqual(moved.values["target_um"], .number(5000))
+        for _ in 0..<400 {
+            if let p = try position(c), abs(p - 5000) < 1 { break }
+            ThreadSleep.sleep(.milliseconds(50))
+        }
+        XCTAssertEqual(try position(c) ?? -1, 5000, accuracy: 1)
+        // A target outside travel is refused by the device, with the reason.
+        let refused = try c.ctl(["move", "stage", "100000mm"])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.err.contains("BADDATA"), refused.err)
+
+        // Garbage on the line: recorded as an alarm; data keeps coming.
+        var before = try written(c)
+        try s.harness.control("garbage ttyUSB0 " + Array("noise\u{7f}\u{1}\r\n".utf8).map { String(format: "%02x", $0) }.joined())
+        try c.waitForStatus("data after garbage") { ($0.streams.first { $0.name == "stage/position" }?.written ?? 0) > before + 10 }
+
+        // The device stops answering: the daemon notices, and recovers when it answers again.
+        try s.harness.control("stop-answering ttyUSB0")
+        try c.waitForDevice("stage", "noticed the silence") { $0.state == "disconnected" }
+        try s.harness.control("resume-answering ttyUSB0")
+        try c.waitForDevice("stage", "answering again") { $0.state == "connected" }
+
+        // Unplug mid-run and plug back in (a new bus address): the same run goes on.
+        try s.harness.control("unplug ttyUSB0")
+        try c.waitForDevice("stage", "unplugged") { $0.state == "disconnected" }
+        XCTAssertTrue(try c.json([PortEntry].self, ["ports"]).allSatisfy { $0.port.name != "/dev/ttyUSB0" })
+        before = try written(c)
+        try s.harness.control("replug ttyUSB0")
+        try c.waitForDevice("stage", "replugged") { $0.state == "connected" }
+        try c.waitForStatus("data after replug") { ($0.streams.first { $0.name == "stage/position" }?.written ?? 0) > before + 10 }
+        XCTAssertGreaterThanOrEqual(try c.json([DeviceInfo].self, ["devices"]).first?.reconnects ?? 0, 2)
+
+        let stop = try c.json(RunStopResult.self, ["run", "stop"])
+        for st in stop.streams {
+            XCTAssertEqual(st.dropped, 0, st.name)
+            XCTAssertEqual(st.written, st.produced, st.name)
+        }
+        let disk = try RunOnDisk(directory: run.directory)
+        XCTAssertEqual(disk.damaged, 0)
+        disk.assertContiguous("stage/position")
+        let events = disk.events.filter { $0.source == "stage" }
+        XCTAssertTrue(events.contains { $0.kind == .stimulus && $0.values["command"] == .string("home") }, "\(events.map(\.message))")
+        XCTAssertTrue(events.contains { $0.kind == .stimulus && $0.values["target_um"]?.doubleValue == 5000 })
+        XCTAssertTrue(events.contains { $0.kind == .stateChange && $0.message.contains("stopped moving") }, "\(events.map { "\($0.kind) \($0.message)" })")
+        XCTAssertTrue(events.contains { $0.kind == .alarm && $0.message.contains("noise") }, "\(events.filter { $0.kind == .alarm }.map(\.message))")
+        XCTAssertGreaterThanOrEqual(events.filter { $0.kind == .gap }.count, 2, "silence and unplug each leave a gap")
+        XCTAssertTrue(events.contains { $0.kind == .stateChange && $0.message.contains("libserialport") }, "the connected event says how the port was opened")
+        XCTAssertEqual(try s.harness.control("status").isEmpty, false)
+    }
+
+    func testTransportByPath_andByPortPath_findTheSamePort() throws {
+        for transport in ["serial:/dev/ttyUSB0", "serial:serial=ZB0001"] {
+            let s = try start(transport: transport)
+            XCTAssertEqual(try s.client.json([DeviceInfo].self, ["devices"]).first?.state, "connected", transport)
+            s.harness.stop()
+            try? FileManager.default.removeItem(atPath: s.directory)
+        }
+    }
+}
