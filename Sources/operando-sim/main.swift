@@ -2,47 +2,78 @@ import ArgumentParser
 import Foundation
 import OperandoDaemon
 import OperandoIO
-import OperandoVirtualCell
 
 /// Runs one instrument simulator on its own, so operandod (or a vendor's client) can reach it
-/// over a real transport.
+/// over a real transport: a TCP port or a pseudo-terminal that looks like a serial port.
 @main
 struct OperandoSim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "operando-sim",
         abstract: "Serve an instrument simulator over a real transport.",
         discussion: """
-            Example: operando-sim demo-potentiostat --listen 127.0.0.1:6501
-            then in the daemon's config: transport = "tcp:127.0.0.1:6501".
-            Serves one client at a time until SIGTERM/SIGINT.
+            Examples:
+              operando-sim demo-potentiostat --listen 127.0.0.1:6501
+                then in the daemon's config: transport = "tcp:127.0.0.1:6501".
+              operando-sim zaber --pty /tmp/zaber0 --devices 2
+                a chain of two Zaber stages on a new pseudo-terminal, symlinked at /tmp/zaber0.
+            Serves one client at a time until SIGTERM/SIGINT. The first line on stdout says where.
             """)
 
-    @Argument(help: "Simulator: demo-potentiostat.") var driver: String
-    @Option(name: .long, help: "HOST:PORT to listen on (IPv4). Port 0 picks a free port, printed on stdout.") var listen: String
+    @Argument(help: "Simulator: \(SimulatorServing.names.joined(separator: ", ")).") var simulator: String
+    @Option(name: .long, help: "HOST:PORT to listen on (IPv4). Port 0 picks a free port, printed on stdout.") var listen: String?
+    @Option(name: .long, help: "Serve on a new pseudo-terminal and symlink it at this path (e.g. /tmp/zaber0).") var pty: String?
     @Option(name: .long, help: "Cell seconds per host second.") var timeScale: Double = 600
     @Option(name: .long, help: "Device name (used in the serial number).") var name = "sim"
+    @Option(name: .long, help: "zaber: devices on the daisy chain (1-99).") var devices = 1
+
+    func validate() throws {
+        guard (listen == nil) != (pty == nil) else {
+            throw ValidationError("give exactly one of --listen HOST:PORT or --pty LINK")
+        }
+        guard (1...99).contains(devices) else { throw ValidationError("--devices \(devices): a chain has 1 to 99 devices") }
+    }
 
     func run() throws {
-        guard let colon = listen.lastIndex(of: ":"), let port = UInt16(listen[listen.index(after: colon)...]) else {
-            throw ValidationError("--listen \(listen): expected HOST:PORT, e.g. 127.0.0.1:6501")
-        }
-        guard DriverRegistry.linkKind(driver) == .byteStream else {
-            throw ValidationError("\(driver): no byte-stream simulator by that name; available: \(DriverRegistry.names.filter { DriverRegistry.linkKind($0) == .byteStream }.joined(separator: ", "))")
-        }
         let clock = MonotonicRawClock()
-        let listener = try TCPListener(host: String(listen[..<colon]), port: port, clock: clock)
-        FileHandle.standardOutput.write(Data("operando-sim: \(driver) listening on \(listen[..<colon]):\(listener.port)\n".utf8))
-        var params = VirtualCell.Parameters()
-        params.timeScale = timeScale
-        let cell = VirtualCell(params)
+        let server: SimulatorServing.Server
+        do {
+            server = try SimulatorServing.makeServer(
+                simulator, options: SimulatorServing.Options(name: name, timeScale: timeScale, zaberDevices: devices), clock: clock)
+        } catch {
+            throw ValidationError("\(error)")
+        }
         TerminationSignal.install()
-        while !TerminationSignal.received {
-            guard let client = try listener.accept(timeout: .milliseconds(200)) else { continue }
-            FileHandle.standardError.write(Data("operando-sim: client connected\n".utf8))
-            try DriverRegistry.serveSimulator(driver, name: name, byteStream: client, cell: cell, clock: clock, shouldStop: { TerminationSignal.received })
-            client.close()
-            FileHandle.standardError.write(Data("operando-sim: client gone\n".utf8))
+        if let listen {
+            guard let colon = listen.lastIndex(of: ":"), let port = UInt16(listen[listen.index(after: colon)...]) else {
+                throw ValidationError("--listen \(listen): expected HOST:PORT, e.g. 127.0.0.1:6501")
+            }
+            let listener = try TCPListener(host: String(listen[..<colon]), port: port, clock: clock)
+            say("operando-sim: \(simulator) listening on \(listen[..<colon]):\(listener.port)")
+            while !TerminationSignal.received {
+                guard let client = try listener.accept(timeout: .milliseconds(200)) else { continue }
+                FileHandle.standardError.write(Data("operando-sim: client connected\n".utf8))
+                try server.serve(client, shouldStop: { TerminationSignal.received })
+                client.close()
+                FileHandle.standardError.write(Data("operando-sim: client gone\n".utf8))
+            }
+        } else if let pty {
+            let terminal = try PseudoTerminal(linkPath: pty, clock: clock)
+            defer { terminal.close() }
+            say("operando-sim: \(simulator) listening on \(pty) (\(terminal.slavePath))")
+            while !TerminationSignal.received {
+                do {
+                    try server.serve(terminal, shouldStop: { TerminationSignal.received })
+                } catch {
+                    FileHandle.standardError.write(Data("operando-sim: \(error); serving on\n".utf8))
+                }
+                // serve returns early only when the terminal failed (e.g. a client stopped reading).
+                if !TerminationSignal.received { ThreadSleep.sleep(.milliseconds(100)) }
+            }
         }
     }
-}
 
+    /// One line on stdout, written at once (FileHandle does not buffer).
+    private func say(_ line: String) {
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    }
+}

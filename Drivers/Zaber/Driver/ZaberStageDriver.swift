@@ -222,11 +222,11 @@ public final class ZaberStageDriver: Instrument, @unchecked Sendable {
 
     static func describe(_ flag: String) -> String {
         switch flag {
-        case "NI": "not homed: positions are not referenced until `home`"
+        case "NI": "movement interrupted (by stop, estop or a new move)"
         case "FF": "critical system error"
         case "FS": "stalled and stopped"
         case "FQ": "encoder error"
-        case "WR": "no reference position"
+        case "WR": "no reference position: `home` the axis before trusting absolute positions"
         case "WL": "unexpected limit trigger"
         case "WV": "voltage out of range"
         case "WT": "temperature high"

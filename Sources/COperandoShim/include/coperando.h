@@ -20,4 +20,11 @@ uint32_t ccrc32c_extend_software(uint32_t crc, const void *data, size_t length);
 /// module does not define). Returns 0 on success, -1 with errno set.
 int coperando_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
 
+
+/// Pseudo-terminal calls (declared by glibc only with _XOPEN_SOURCE / _GNU_SOURCE).
+int coperando_posix_openpt(int flags);
+int coperando_grantpt(int fd);
+int coperando_unlockpt(int fd);
+int coperando_ptsname_r(int fd, char *buffer, size_t length);
+
 #endif
