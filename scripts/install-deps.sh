@@ -8,6 +8,12 @@ packages=(
   libserialport-dev   # serial transport (libserialport)
   libusb-1.0-0-dev    # USB transport (libusb)
   systemd             # systemd-analyze, for checking the unit
+  umockdev            # emulated /dev/ttyUSBn for the serial-hardware tests: libumockdev-preload.so.0
+  libumockdev-dev     # umockdev's headers and pkg-config file (umockdev-1.0)
+  gir1.2-umockdev-1.0 # umockdev's GObject bindings, used by Tests/Support/umockdev-harness.py
+  python3-gi          # PyGObject for Debian's /usr/bin/python3, which runs the harness
+  gcc                 # cc: the serial-hardware tests compile Tests/Support/serialprobe.c
+  python3-venv        # a virtualenv for zaber-motion, Zaber's own client, in the peer-client test
 )
 
 missing=()
