@@ -4,6 +4,7 @@ import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
 import ZaberDriver
+import ZaberSimulator
 
 /// The drivers this build knows, and their simulators for `transport = "simulated"`.
 public enum DriverRegistry {
@@ -41,6 +42,8 @@ public enum DriverRegistry {
             DemoPotentiostatSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
         case DemoXRFDriver.driverName:
             DemoXRFSimulator(cell: cell, clock: clock, serialNumber: "XRF-\(name)", seed: seed).serve(link.devicePackets, shouldStop: shouldStop)
+        case ZaberStageDriver.driverName:
+            ZaberSimulator(devices: ZaberSimulator.standard(count: 1), clock: clock, seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
         default:
             break
         }

@@ -314,6 +314,21 @@ final class DaemonTests: XCTestCase {
         XCTAssertTrue(text.contains("/nonexistent/operando.sock"), text)
     }
 
+    /// Testing level 4: Zaber's own client library (zaber-motion from PyPI) detects, homes, moves
+    /// and reads the simulator over a pseudo-terminal, as it would a real chain.
+    func testZaberMotion_officialClient_drivesTheZaberSimulator() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = [Binaries.packageRoot + "/scripts/zaber-motion-check.sh", Binaries.directory]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, text)
+    }
+
     func testSystemdUnit_verifiesWithNothingOnStderr() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/bash")
