@@ -67,6 +67,7 @@ final class DaemonSerialTests: XCTestCase {
         XCTAssertEqual(entry.port.serialNumber, "ZB0001")
         XCTAssertEqual(entry.port.manufacturer, "FTDI")
         XCTAssertEqual(entry.device, "stage")
+        XCTAssertEqual(entry.port.usbPortPath, "1-1", "sysfs port path of the emulated bridge")
         XCTAssertNotNil(entry.recognisedAs)
         let table = try s.client.ctl(["ports"])
         XCTAssertEqual(table.status, 0)
@@ -137,8 +138,8 @@ final class DaemonSerialTests: XCTestCase {
         XCTAssertEqual(try s.harness.control("status").isEmpty, false)
     }
 
-    func testTransportByPath_andByPortPath_findTheSamePort() throws {
-        for transport in ["serial:/dev/ttyUSB0", "serial:serial=ZB0001"] {
+    func testTransportByPath_bySerialNumber_andByUSBPort_findTheSamePort() throws {
+        for transport in ["serial:/dev/ttyUSB0", "serial:serial=ZB0001", "serial:port=1-1"] {
             let s = try start(transport: transport)
             XCTAssertEqual(try s.client.json([DeviceInfo].self, ["devices"]).first?.state, "connected", transport)
             s.harness.stop()
