@@ -281,6 +281,43 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(d.terminate(), 0)
     }
 
+    /// A pseudo-terminal (what `operando-sim --pty` and socat links give), which libserialport
+    /// refuses, is opened with termios; the stage moves and its positions are recorded.
+    func testZaberOverPseudoTerminal_servedByOperandoSim_opensWithTermiosAndMoves() throws {
+        let dir = NSTemporaryDirectory() + "odpty-\(UUID().uuidString.prefix(8))"
+        try FileSystem.makeDirectories(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let link = dir + "/zaber0"
+        let sim = Process()
+        sim.executableURL = URL(fileURLWithPath: try Binaries.path("operando-sim"))
+        sim.arguments = ["zaber", "--pty", link]
+        sim.standardOutput = FileHandle.nullDevice
+        sim.standardError = FileHandle.nullDevice
+        try sim.run()
+        defer { sim.terminate(); sim.waitUntilExit() }
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: link) { ThreadSleep.sleep(.milliseconds(20)) }
+        let d = try DaemonProcess(config: """
+            [daemon]
+            memory_budget_mb = 16
+            ring_mb = 1
+            [[device]]
+            name = "stage"
+            driver = "zaber-ascii"
+            transport = "serial:\(link)"
+            [device.settings]
+            poll_hz = 20
+            """)
+        try d.client.waitForDevice("stage", "connected") { $0.state == "connected" }
+        let run = try d.json(RunInfo.self, ["run", "start", "pty"])
+        XCTAssertEqual(try d.ctl(["move", "stage", "--unit", "um", "1500"]).status, 0)
+        try d.waitForStatus("positions") { ($0.streams.first { $0.name == "stage/position" }?.written ?? 0) > 20 }
+        _ = try d.json(RunStopResult.self, ["run", "stop"])
+        let disk = try RunOnDisk(directory: run.directory)
+        XCTAssertTrue(d.logText().contains("with termios (a pseudo-terminal"), d.logText())
+        XCTAssertTrue(disk.events.contains { $0.kind == .stimulus && $0.values["target_um"]?.doubleValue == 1500 })
+        XCTAssertEqual(d.terminate(), 0)
+    }
+
     func testCheckConfig_badFile_exitsTwoNamingFileLineAndKey() throws {
         let dir = NSTemporaryDirectory() + "odt-\(UUID().uuidString.prefix(8))"
         try FileSystem.makeDirectories(dir)
