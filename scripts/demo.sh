@@ -30,12 +30,18 @@ echo; echo "==> operandoctl devices"; ctl devices
 echo; echo "==> operandoctl run start demo-cycle --meta cell=CR2032-NMC811 --meta electrolyte='1M LiPF6 EC:DMC'"
 ctl run start demo-cycle --meta cell=CR2032-NMC811 --meta "electrolyte=1M LiPF6 EC:DMC"
 half=$((seconds / 2))
-sleep "$half"
+echo; echo "==> operandoctl home stage; operandoctl move stage 2.5mm (the sample moves into the beam)"
+ctl home stage
+sleep 2
+ctl move stage 2.5mm
+sleep "$((half > 2 ? half - 2 : 1))"
 echo; echo "==> operandoctl mark 'beam on sample'"; ctl mark "beam on sample"
 sleep "$((seconds - half))"
 echo; echo "==> operandoctl status"; ctl status
 echo; echo "==> operandoctl tail pstat/ei (newest samples: E, I, cycle; I changes sign at the 4.2 V cutoff)"; ctl tail pstat/ei | tail -n 4
 echo; echo "==> operandoctl tail pstat/events (the stimulus record)"; ctl tail pstat/events
+echo; echo "==> operandoctl tail stage/position (µm, as measured)"; ctl tail stage/position | tail -n 2
+echo; echo "==> operandoctl tail stage/events"; ctl tail stage/events
 echo; echo "==> operandoctl run stop"; ctl run stop
 echo; echo "==> operandoctl run list"; ctl run list
 
