@@ -14,6 +14,8 @@ let package = Package(
         .executable(name: "operandoctl", targets: ["operandoctl"]),
         .executable(name: "operando-sim", targets: ["operando-sim"]),
         .executable(name: "operando-bench", targets: ["operando-bench"]),
+        // LD_PRELOAD shim answering the modem-line ioctls that pseudo-terminals lack; tests only.
+        .library(name: "operando-modem-shim", type: .dynamic, targets: ["COperandoModemShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -30,6 +32,7 @@ let package = Package(
             name: "CLibUSB", path: "Sources/CLibUSB", pkgConfig: "libusb-1.0",
             providers: [.apt(["libusb-1.0-0-dev"])]),
         .target(name: "COperandoShim", path: "Sources/COperandoShim"),
+        .target(name: "COperandoModemShim", path: "Sources/COperandoModemShim"),
 
         // Pure layers.
         .target(name: "OperandoCore", swiftSettings: swiftSettings),
@@ -62,10 +65,17 @@ let package = Package(
             path: "Drivers/Demo/Simulator", swiftSettings: swiftSettings),
 
         .target(
+            name: "ZaberDriver", dependencies: ["OperandoCore"], path: "Drivers/Zaber/Driver",
+            swiftSettings: swiftSettings),
+        .target(
+            name: "ZaberSimulator", dependencies: ["OperandoCore", "OperandoVirtualCell"],
+            path: "Drivers/Zaber/Simulator", swiftSettings: swiftSettings),
+
+        .target(
             name: "OperandoDaemon",
             dependencies: [
                 "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoControl",
-                "OperandoVirtualCell", "DemoDriver", "DemoSimulator",
+                "OperandoVirtualCell", "DemoDriver", "DemoSimulator", "ZaberDriver", "ZaberSimulator",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -110,6 +120,13 @@ let package = Package(
         .testTarget(name: "OperandoControlTests", dependencies: ["OperandoControl"]),
         .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["OperandoStore", "OperandoControl", "OperandoIO"]),
+        .testTarget(name: "ZaberTests", dependencies: ["ZaberDriver", "ZaberSimulator", "OperandoIO"]),
+        .testTarget(
+            name: "SerialHardwareTests",
+            dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTestSupport"]),
+        .target(
+            name: "OperandoTestSupport", dependencies: ["OperandoCore", "OperandoStore", "OperandoControl", "OperandoIO"],
+            path: "Tests/OperandoTestSupport"),
+        .testTarget(name: "IntegrationTests", dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTestSupport"]),
     ]
 )
