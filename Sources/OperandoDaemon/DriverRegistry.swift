@@ -36,7 +36,7 @@ public enum DriverRegistry {
     public static func serveSimulator(
         _ driver: String, name: String, link: InMemoryLink, cell: VirtualCell, clock: any HostClock, shouldStop: () -> Bool
     ) {
-        let seed = UInt64(truncatingIfNeeded: name.utf8.reduce(5381) { ($0 << 5) &+ $0 &+ Int($1) })
+        let seed = Self.seed(for: name)
         switch driver {
         case DemoPotentiostatDriver.driverName:
             DemoPotentiostatSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
@@ -47,6 +47,11 @@ public enum DriverRegistry {
         default:
             break
         }
+    }
+
+    /// A reproducible noise seed from a device name (djb2), so a simulated run can be repeated.
+    public static func seed(for name: String) -> UInt64 {
+        UInt64(truncatingIfNeeded: name.utf8.reduce(5381) { ($0 << 5) &+ $0 &+ Int($1) })
     }
 
     /// Serves a simulator on a byte-stream transport (for `operando-sim --listen`).

@@ -56,8 +56,7 @@ public enum SimulatorServing {
             guard (1...99).contains(options.zaberDevices) else {
                 throw InstrumentError(.unsupported, device: simulator, "a Zaber chain has 1 to 99 devices, not \(options.zaberDevices)")
             }
-            let seed = UInt64(truncatingIfNeeded: options.name.utf8.reduce(5381) { ($0 << 5) &+ $0 &+ Int($1) })
-            let chain = ZaberSimulator(devices: ZaberSimulator.standard(count: options.zaberDevices), clock: clock, seed: seed)
+            let chain = ZaberSimulator(devices: ZaberSimulator.standard(count: options.zaberDevices), clock: clock, seed: DriverRegistry.seed(for: options.name))
             return Server { client, shouldStop in chain.serve(client, shouldStop: shouldStop) }
         }
         guard DriverRegistry.linkKind(simulator) == .byteStream else {
