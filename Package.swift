@@ -37,6 +37,7 @@ let package = Package(
         // Pure layers.
         .target(name: "OperandoCore", swiftSettings: swiftSettings),
         .target(name: "OperandoBuffers", dependencies: ["OperandoCore"], swiftSettings: swiftSettings),
+        .target(name: "OperandoSync", dependencies: ["OperandoCore"], swiftSettings: swiftSettings),
         .target(
             name: "OperandoIO",
             dependencies: [
@@ -109,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "operando-bench",
             dependencies: [
-                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore",
+                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoSync",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -118,6 +119,7 @@ let package = Package(
         .testTarget(name: "OperandoBuffersTests", dependencies: ["OperandoBuffers"]),
         .testTarget(name: "OperandoStoreTests", dependencies: ["OperandoStore", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoControlTests", dependencies: ["OperandoControl"]),
+        .testTarget(name: "OperandoSyncTests", dependencies: ["OperandoSync"]),
         .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
         .testTarget(name: "ZaberTests", dependencies: ["ZaberDriver", "ZaberSimulator", "OperandoIO"]),
