@@ -12,6 +12,24 @@ final class CRC32CTests: XCTestCase {
         XCTAssertEqual(CRC32C.checksum([]), 0)
     }
 
+    /// Buffers long enough for the three-stream path (3 × 8 KiB and more), at odd alignments.
+    func testHardwareAndTable_onLongBuffers_agree() {
+        var x: UInt64 = 0x9E37_79B9_7F4A_7C15
+        let bytes: [UInt8] = (0..<200_003).map { _ in
+            x ^= x << 13
+            x ^= x >> 7
+            x ^= x << 17
+            return UInt8(truncatingIfNeeded: x)
+        }
+        for (start, length) in [(0, 24_576), (1, 24_576), (3, 24_577), (5, 49_151), (7, 100_000), (0, 200_003)] where start + length <= bytes.count {
+            let slice = Array(bytes[start..<(start + length)])
+            XCTAssertEqual(CRC32C.checksum(slice), CRC32C.softwareChecksum(slice), "start \(start) length \(length)")
+        }
+        // Continuing across a split lands on the same value.
+        let first = bytes[0..<70_001].withUnsafeBytes { CRC32C.checksum($0) }
+        XCTAssertEqual(bytes[70_001...].withUnsafeBytes { CRC32C.checksum($0, continuing: first) }, CRC32C.softwareChecksum(bytes))
+    }
+
     func testHardwareAndTable_overManyLengthsAndSplits_agree() {
         var bytes = [UInt8]()
         var x: UInt32 = 12345
