@@ -56,25 +56,46 @@ public final class RecordRing: @unchecked Sendable {
 
     /// Appends one record if it fits. Producer thread only. Never blocks, allocates or locks.
     /// - Returns: false when the ring has no room (or the record can never fit).
+    /// A checksum function over (bytes, checksum so far), for records the producer checksums itself.
+    public typealias Checksum = (UnsafeRawBufferPointer, UInt32) -> UInt32
+
+    /// Appends one record if it fits. Producer thread only. Never blocks, allocates or locks.
+    /// With `checksum`, the record's CRC is computed here, over the bytes just copied (still in
+    /// this core's cache), before the record is published, and `RecordLayout.producerChecksummed`
+    /// is set in its flags so the writer does not compute it again.
+    /// - Returns: false when the ring has no room (or the record can never fit).
     @inlinable
-    public func tryWrite(header: RecordHeader, payload: UnsafeRawBufferPointer) -> Bool {
+    public func tryWrite(header: RecordHeader, payload: UnsafeRawBufferPointer, checksum: Checksum? = nil) -> Bool {
         let size = RecordLayout.recordSize(payloadBytes: payload.count)
         guard size <= capacity else { return false }
         let h = head.load(ordering: .relaxed)
         let t = tail.load(ordering: .acquiring) & ~Self.claimedBit
         guard Int(h &- t) + size <= capacity else { return false }
         let offset = Int(h % UInt64(capacity))
+        let bodyLength = RecordLayout.headerSize + payload.count
         if offset + size <= capacity {
             // Fast path: the record is contiguous; store prefix and header in place.
             let base = storage + offset
-            base.storeBytes(of: UInt32(RecordLayout.headerSize + payload.count).littleEndian, as: UInt32.self)
+            base.storeBytes(of: UInt32(bodyLength).littleEndian, as: UInt32.self)
             base.storeBytes(of: UInt32(0), toByteOffset: 4, as: UInt32.self)
             header.store(to: base + RecordLayout.prefixSize)
             if payload.count > 0 {
                 (base + RecordLayout.prefixSize + RecordLayout.headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
             }
+            if let checksum {
+                let body = base + RecordLayout.prefixSize
+                body.storeBytes(of: RecordLayout.producerChecksummed, toByteOffset: 1, as: UInt8.self)
+                let crc = checksum(UnsafeRawBufferPointer(start: body, count: bodyLength), 0)
+                base.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+            }
         } else {
             write(header: header, payload: payload, at: h, size: size)
+            if let checksum {
+                let (p1, p2) = span(from: h &+ UInt64(RecordLayout.prefixSize), count: bodyLength)
+                if p1.count > 1 { p1[1] = RecordLayout.producerChecksummed } else { p2[1 - p1.count] = RecordLayout.producerChecksummed }
+                let crc = checksum(UnsafeRawBufferPointer(p2), checksum(UnsafeRawBufferPointer(p1), 0))
+                (storage + offset).storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+            }
         }
         head.store(h &+ UInt64(size), ordering: .releasing)
         return true
@@ -187,6 +208,12 @@ public final class RecordRing: @unchecked Sendable {
         /// The whole record (prefix, body, padding), in one or two parts.
         public let whole: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)
 
+        /// Whether the producer already stored this record's CRC in its prefix.
+        public var isProducerChecksummed: Bool {
+            let flags = body.0.count > 1 ? body.0[1] : body.1[1 - body.0.count]
+            return flags & RecordLayout.producerChecksummed != 0
+        }
+
         /// The payload copied out (tests and slow paths only).
         public var payloadBytes: [UInt8] { Array((Array(body.0) + Array(body.1)).dropFirst(RecordLayout.headerSize)) }
     }
@@ -232,7 +259,8 @@ public final class RecordRing: @unchecked Sendable {
         }
     }
 
-    private func span(from position: UInt64, count: Int) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) {
+    @usableFromInline
+    func span(from position: UInt64, count: Int) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) {
         let offset = Int(position % UInt64(capacity))
         let first = min(count, capacity - offset)
         return (

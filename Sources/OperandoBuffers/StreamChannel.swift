@@ -12,6 +12,12 @@ public final class StreamChannel: @unchecked Sendable {
     public let policy: OverflowPolicy
     /// Called while a `block` producer waits for room (a short sleep in production).
     private let backoff: @Sendable () -> Void
+    /// CRC function for records of at least `producerChecksumBytes` of payload: the producer
+    /// checksums those while the bytes are in its cache, so the writer only writes them.
+    private let checksum: (@Sendable (UnsafeRawBufferPointer, UInt32) -> UInt32)?
+    /// Payload size from which the producer checksums (smaller records are the writer's, so the
+    /// hot path of small samples stays a copy).
+    public static let producerChecksumBytes = 64 * 1024
 
     /// Records offered by the producer (= the next sequence number). Producer writes, anyone reads:
     /// relaxed is enough because readers only report it.
@@ -27,11 +33,15 @@ public final class StreamChannel: @unchecked Sendable {
     private let producerBusy = Atomic<Bool>(false)
     #endif
 
-    public init(descriptor: StreamDescriptor, ringBytes: Int, policy: OverflowPolicy, backoff: @escaping @Sendable () -> Void) {
+    public init(
+        descriptor: StreamDescriptor, ringBytes: Int, policy: OverflowPolicy, backoff: @escaping @Sendable () -> Void,
+        checksum: (@Sendable (UnsafeRawBufferPointer, UInt32) -> UInt32)? = nil
+    ) {
         self.descriptor = descriptor
         self.ring = RecordRing(capacity: ringBytes)
         self.policy = policy
         self.backoff = backoff
+        self.checksum = checksum
     }
 
     public var produced: UInt64 { offered.load(ordering: .relaxed) }
@@ -56,7 +66,8 @@ public final class StreamChannel: @unchecked Sendable {
         let seq = offered.load(ordering: .relaxed)
         offered.store(seq &+ 1, ordering: .relaxed)
         let header = RecordHeader(kind: kind, streamID: descriptor.id, sequence: seq, hostTime: hostTime, deviceTime: deviceTime)
-        if ring.tryWrite(header: header, payload: payload) { return (seq, true) }
+        let sum = payload.count >= Self.producerChecksumBytes ? checksum : nil
+        if ring.tryWrite(header: header, payload: payload, checksum: sum) { return (seq, true) }
         if RecordLayout.recordSize(payloadBytes: payload.count) > ring.capacity || isClosed {
             droppedCount.add(1, ordering: .relaxed)
             return (seq, false)
@@ -74,13 +85,13 @@ public final class StreamChannel: @unchecked Sendable {
                     return (seq, false)
                 }
                 droppedCount.add(UInt64(n), ordering: .relaxed)
-                if ring.tryWrite(header: header, payload: payload) { return (seq, true) }
+                if ring.tryWrite(header: header, payload: payload, checksum: sum) { return (seq, true) }
             }
         case .block:
             while true {
                 blockedWaits.add(1, ordering: .relaxed)
                 backoff()
-                if ring.tryWrite(header: header, payload: payload) { return (seq, true) }
+                if ring.tryWrite(header: header, payload: payload, checksum: sum) { return (seq, true) }
                 if isClosed {
                     droppedCount.add(1, ordering: .relaxed)
                     return (seq, false)

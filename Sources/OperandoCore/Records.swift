@@ -6,7 +6,7 @@
 /// prefix: u32 bodyLength (bytes, excluding prefix and padding)
 ///         u32 crc32c(body)          (filled by the writer just before the bytes go to disk)
 /// body:   u8  kind  (RecordKind)
-///         u8  flags (reserved, 0)
+///         u8  flags (bit 0: CRC computed by the producer; other bits 0)
 ///         u16 reserved
 ///         u32 streamID
 ///         u64 sequence              (per stream, from 0, consumed even when a record is dropped)
@@ -23,6 +23,9 @@ public enum RecordLayout {
     public static let alignment = 8
     /// Device time value meaning "no device time".
     public static let noDeviceTime = Int64.min
+    /// Flag (header byte 1): the producer computed the CRC already (large records; the flag is
+    /// covered by the CRC like every body byte, and readers need not look at it).
+    public static let producerChecksummed: UInt8 = 1
 
     /// Bytes a record with `payloadBytes` of payload occupies, prefix and padding included.
     @inlinable public static func recordSize(payloadBytes: Int) -> Int {

@@ -55,7 +55,7 @@ public final class Daemon: @unchecked Sendable {
                 throw ConfigErrors([ConfigError(file: configPath, line: nil, key: "ring_mb", message: "the ring for \(d.name) (\(ringBytes) bytes) cannot hold 4 of its \(d.maxPayloadBytes)-byte records; raise ring_mb")])
             }
             try budget.reserve(ringBytes)
-            let channel = StreamChannel(descriptor: d, ringBytes: ringBytes, policy: policy, backoff: ThreadSleep.ringBackoff)
+            let channel = StreamChannel(descriptor: d, ringBytes: ringBytes, policy: policy, backoff: ThreadSleep.ringBackoff, checksum: CRC32C.function)
             channels.append(channel)
             return channel
         }

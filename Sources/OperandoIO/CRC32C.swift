@@ -10,6 +10,9 @@ public enum CRC32C {
         return ccrc32c_extend(crc, base, bytes.count)
     }
 
+    /// `checksum` as a plain function value, for `StreamChannel`'s producer-side checksums.
+    public static let function: @Sendable (UnsafeRawBufferPointer, UInt32) -> UInt32 = { checksum($0, continuing: $1) }
+
     public static func checksum(_ bytes: [UInt8]) -> UInt32 {
         bytes.withUnsafeBytes { checksum($0) }
     }

@@ -277,9 +277,10 @@ public final class Recorder: @unchecked Sendable {
             if isEvents { remember(index, record) } else { last = record }
             guard writing, let r = run, record.header.hostTime >= r.start else { return }
             if let stopAt = r.stopAt, record.header.hostTime > stopAt { return }
-            var crc = CRC32C.checksum(record.body.0)
-            crc = CRC32C.checksum(record.body.1, continuing: crc)
-            record.prefix.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+            if !record.isProducerChecksummed {
+                let crc = CRC32C.checksum(record.body.1, continuing: CRC32C.checksum(record.body.0))
+                record.prefix.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+            }
             Self.append(record.whole.0, to: &parts)
             Self.append(record.whole.1, to: &parts)
             let seq = record.header.sequence

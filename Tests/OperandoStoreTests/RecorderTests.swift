@@ -142,6 +142,40 @@ final class RecorderTests: XCTestCase {
         XCTAssertEqual(total, 1000)
     }
 
+    /// Large records are checksummed by the producer (wrapped ones too); what reaches disk verifies.
+    /// With a deliberately wrong producer checksum every large record is reported damaged, which
+    /// shows the writer relies on the producer's CRC rather than computing its own.
+    func testLargeRecords_checksummedByTheProducer_verifyOnDisk_andAWrongChecksumIsCaught() throws {
+        for (checksum, expectValid) in [(CRC32C.function, true), ({ @Sendable (_: UnsafeRawBufferPointer, _: UInt32) -> UInt32 in 0xDEAD_BEEF }, false)] {
+            let clock = ManualClock()
+            let d = StreamDescriptor(id: 0, name: "t/frames", device: "t", kind: .frames, elementType: .uint8, fields: [Field("b", unit: "1")], shape: [100_000], nominalRateHz: 1, maxPayloadBytes: 100_000)
+            // Not a multiple of the record size: records wrap around the end at varying places.
+            let channel = StreamChannel(descriptor: d, ringBytes: 350_008, policy: .block, backoff: { ThreadSleep.sleep(.microseconds(20)) }, checksum: checksum)
+            let recorder = Recorder(channels: [channel], clock: clock, options: .init(stopGrace: .zero), logger: Logger(label: "test"))
+            recorder.start()
+            defer { recorder.shutdown(reason: "test end") }
+            let dir = try recorder.startRun(manifest: manifest([channel], clock: clock), under: directory + (expectValid ? "/good" : "/bad"))
+            clock.advance(10)
+            for i in 0..<20 {
+                let payload = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) }
+                payload.withUnsafeBytes { _ = channel.push(hostTime: clock.now(), deviceTime: nil, payload: $0) }
+            }
+            let result = try XCTUnwrap(stop(recorder, at: clock.now()))
+            XCTAssertEqual(result.summary?.first?.written, 20)
+            var valid = 0
+            var scans: [SegmentScan] = []
+            for name in try FileSystem.list(dir + "/segments") {
+                scans.append(try SegmentReader.read(dir + "/segments/" + name) { r in if r.header.kind == .data { valid += 1 } })
+            }
+            if expectValid {
+                XCTAssertEqual(valid, 20)
+                XCTAssertEqual(scans.flatMap(\.damaged).count, 0)
+            } else {
+                XCTAssertEqual(valid, 0, "a wrong producer checksum must not pass")
+            }
+        }
+    }
+
     func testStartRun_whileRecording_refuses() throws {
         let clock = ManualClock()
         let a = channel(0, "t/a")
