@@ -97,9 +97,9 @@ struct SyncRunner: Sendable {
     // MARK: Runs
 
     func runBracketed(_ scenario: ClockScenario, seed: UInt64) -> SyncResult {
-        var transportRNG = SplitMix64(seed: seed)
+        var transportRNG = SeededRandom(seed: seed)
         let dataSeed = seed ^ 0x5DEE_CE66
-        var dataRNG = SplitMix64(seed: dataSeed)
+        var dataRNG = SeededRandom(seed: dataSeed)
         let truth = scenario.clock
         var configuration = ClockModelConfiguration.bracketed
         configuration.resolutionNs = Double(SyncBench.deviceTickNs)
@@ -185,7 +185,7 @@ struct SyncRunner: Sendable {
         let line = baseline.solve()
         var refitStats = ErrorStats()
         let segments = noRefit ? [] : refit(exchanges, configuration: configuration)
-        dataRNG = SplitMix64(seed: dataSeed)
+        dataRNG = SeededRandom(seed: dataSeed)
         for k in 0..<samples {
             let t = Int64(k) * period + period / 2
             let device = truth.stamp(atHost: t)
@@ -204,7 +204,7 @@ struct SyncRunner: Sendable {
     }
 
     func runOneWay(_ scenario: ClockScenario, seed: UInt64) -> SyncResult {
-        var rng = SplitMix64(seed: seed)
+        var rng = SeededRandom(seed: seed)
         let truth = scenario.clock
         var configuration = ClockModelConfiguration.oneWay
         configuration.resolutionNs = Double(SyncBench.deviceTickNs)
@@ -331,23 +331,7 @@ private func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? " " + s : St
 
 // MARK: Simulation
 
-/// SplitMix64: a small, fast, seeded generator (Steele, Lea & Flood 2014). Deterministic.
-struct SplitMix64 {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    mutating func uniform() -> Double { (Double(next() >> 11) + 1) / 9_007_199_254_740_992 }
-
+extension SeededRandom {
     /// One trip through the simulated transport, ns: exponential with a 1 ms mean, plus a 20 ms
     /// stall with probability 0.1 %.
     mutating func delay() -> Int64 {

@@ -2,23 +2,9 @@ import Foundation
 import OperandoCore
 import OperandoSync
 
-/// SplitMix64: seeded, deterministic.
-struct TestRandom {
-    private var state: UInt64
+typealias TestRandom = SeededRandom
 
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    mutating func uniform() -> Double { (Double(next() >> 11) + 1) / 9_007_199_254_740_992 }
-
+extension SeededRandom {
     /// Exponential delay with the given mean, ns, plus a `stall` with probability `stallProbability`.
     mutating func delay(meanNs: Double = 1_000_000, stallNs: Double = 20_000_000, stallProbability: Double = 0.001) -> Int64 {
         let e = -meanNs * log(uniform())
