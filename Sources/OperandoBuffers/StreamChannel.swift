@@ -24,7 +24,7 @@ public final class StreamChannel: @unchecked Sendable {
     private let offered = Atomic<UInt64>(0)
     /// Records discarded by the overflow policy or because the channel was closed. Relaxed, as above.
     private let droppedCount = Atomic<UInt64>(0)
-    /// Nanoseconds the producer spent waiting under `block` — a sign the disk is not keeping up.
+    /// Back-off waits of a `block` producer for room: a sign the writer (the disk) is not keeping up.
     private let blockedWaits = Atomic<UInt64>(0)
     /// Set when the channel will never be drained again; a blocked producer then drops instead of waiting.
     private let closedFlag = Atomic<Bool>(false)
@@ -46,7 +46,7 @@ public final class StreamChannel: @unchecked Sendable {
 
     public var produced: UInt64 { offered.load(ordering: .relaxed) }
     public var dropped: UInt64 { droppedCount.load(ordering: .relaxed) }
-    public var waits: UInt64 { blockedWaits.load(ordering: .relaxed) }
+    public var blockedWaitCount: UInt64 { blockedWaits.load(ordering: .relaxed) }
     public var fill: Double { Double(ring.usedBytes) / Double(ring.capacity) }
 
     /// Stops waiting producers; later pushes are counted as dropped.

@@ -13,8 +13,10 @@ public struct StreamStatusInfo: Codable, Sendable {
     public var ringFill: Double
     public var ringBytes: Int
     public var policy: String
+    /// Times the device thread waited for ring room under `block`: the disk is not keeping up.
+    public var blockedWaits: UInt64
 
-    public init(name: String, produced: UInt64, written: UInt64, dropped: UInt64, ratePerSecond: Double, ringFill: Double, ringBytes: Int, policy: String) {
+    public init(name: String, produced: UInt64, written: UInt64, dropped: UInt64, ratePerSecond: Double, ringFill: Double, ringBytes: Int, policy: String, blockedWaits: UInt64) {
         self.name = name
         self.produced = produced
         self.written = written
@@ -23,6 +25,7 @@ public struct StreamStatusInfo: Codable, Sendable {
         self.ringFill = ringFill
         self.ringBytes = ringBytes
         self.policy = policy
+        self.blockedWaits = blockedWaits
     }
 }
 

@@ -168,7 +168,7 @@ public final class Daemon: @unchecked Sendable {
         }
         let streams = s.streams.enumerated().map { i, st in
             StreamStatusInfo(name: st.name, produced: st.produced, written: st.written, dropped: st.dropped, ratePerSecond: i < currentRates.count ? currentRates[i] : 0,
-                             ringFill: st.ringFill, ringBytes: st.ringBytes, policy: st.policy)
+                             ringFill: st.ringFill, ringBytes: st.ringBytes, policy: st.policy, blockedWaits: st.blockedWaits)
         }
         let snapshots = runners.map(\.snapshot)
         return StatusResult(

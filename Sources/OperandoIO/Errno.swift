@@ -14,12 +14,6 @@ public struct Errno: Error, Equatable, Sendable, CustomStringConvertible {
     public static let wouldBlock = Errno(rawValue: EAGAIN)
     /// EINTR: interrupted by a signal.
     public static let interrupted = Errno(rawValue: EINTR)
-    /// ENOENT: no such file or directory.
-    public static let noSuchFile = Errno(rawValue: ENOENT)
-    /// ENOSPC: no space left on device.
-    public static let noSpace = Errno(rawValue: ENOSPC)
-    /// EPIPE: the other end closed.
-    public static let brokenPipe = Errno(rawValue: EPIPE)
     /// ETIMEDOUT.
     public static let timedOut = Errno(rawValue: ETIMEDOUT)
 

@@ -61,13 +61,6 @@ public struct FileDescriptor: Sendable, Hashable {
     /// `fsync(2)`.
     public func sync() throws(Errno) { try retryingOnInterrupt { Glibc.fsync(rawValue) } }
 
-    public func truncate(to length: Int) throws(Errno) { try retryingOnInterrupt { Glibc.ftruncate(rawValue, off_t(length)) } }
-
-    public func size() throws(Errno) -> Int {
-        var st = stat()
-        try retryingOnInterrupt { fstat(rawValue, &st) }
-        return Int(st.st_size)
-    }
 
     /// Waits until readable (or `timeoutMilliseconds` passes). True when readable or hung up.
     public func pollReadable(timeoutMilliseconds: Int32) throws(Errno) -> Bool {

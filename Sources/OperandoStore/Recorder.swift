@@ -49,6 +49,8 @@ public final class Recorder: @unchecked Sendable {
         public var ringFill: Double
         public var ringBytes: Int
         public var policy: String
+        /// Times a `block` producer waited for room (see `StreamChannel.blockedWaitCount`).
+        public var blockedWaits: UInt64
     }
 
     public struct Status: Sendable {
@@ -421,7 +423,7 @@ public final class Recorder: @unchecked Sendable {
             let c = channels[i]
             return StreamStatus(
                 name: c.descriptor.name, produced: c.produced, dropped: c.dropped, written: run?.written[i] ?? 0,
-                ringFill: c.fill, ringBytes: c.ring.capacity, policy: c.policy.rawValue)
+                ringFill: c.fill, ringBytes: c.ring.capacity, policy: c.policy.rawValue, blockedWaits: c.blockedWaitCount)
         }
         let now = clock.now()
         published.withLock {

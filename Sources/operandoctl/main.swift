@@ -123,8 +123,8 @@ struct Status: ParsableCommand {
             out += "durability: \(s.durability)\n"
             if let e = s.writeError { out += "WRITE ERROR: \(e)\n" }
             out += "\n" + table(
-                ["STREAM", "RATE/s", "PRODUCED", "WRITTEN", "DROPPED", "RING", "POLICY"],
-                s.streams.map { [$0.name, String(format: "%.1f", $0.ratePerSecond), "\($0.produced)", "\($0.written)", "\($0.dropped)", String(format: "%.1f%%", $0.ringFill * 100), $0.policy] })
+                ["STREAM", "RATE/s", "PRODUCED", "WRITTEN", "DROPPED", "RING", "POLICY", "WAITS"],
+                s.streams.map { [$0.name, String(format: "%.1f", $0.ratePerSecond), "\($0.produced)", "\($0.written)", "\($0.dropped)", String(format: "%.1f%%", $0.ringFill * 100), $0.policy, "\($0.blockedWaits)"] })
             return out
         }
     }

@@ -48,6 +48,21 @@ final class StreamChannelTests: XCTestCase {
         XCTAssertEqual(channel.dropped, 1)
     }
 
+    /// A blocked producer waits until the consumer frees room; each wait is counted for `status`.
+    func testBlock_whenFull_waitsForTheConsumerAndCountsTheWaits() {
+        final class Consumer: @unchecked Sendable { var channel: StreamChannel? }
+        let consumer = Consumer()
+        let channel = StreamChannel(descriptor: descriptor(), ringBytes: 48 * 2, policy: .block, backoff: {
+            // Stands in for the writer: frees one record per wait.
+            if let ring = consumer.channel?.ring, let claim = ring.claim(maxBytes: 1) { ring.release(claim) }
+        })
+        consumer.channel = channel
+        for v in 0..<5 { XCTAssertTrue(Self.push(channel, UInt64(v))) }
+        XCTAssertEqual(channel.dropped, 0)
+        XCTAssertEqual(channel.blockedWaitCount, 3)
+        XCTAssertEqual(values(channel), [3, 4])
+    }
+
     /// One producer thread and one consumer thread, tiny ring, every policy: nothing is corrupted,
     /// sequences only increase, and stored + dropped == produced.
     func testTwoThreads_underEveryPolicy_accountForEveryRecord() throws {
