@@ -135,10 +135,8 @@ public final class Daemon: @unchecked Sendable {
             }
             return .failure(id: request.id, ControlError(code, "\(error)"))
         } catch let error as RecorderError {
-            let code: ControlErrorCode = switch error {
-            case .alreadyRecording, .notRecording, .runExists: .conflict
-            }
-            return .failure(id: request.id, ControlError(code, "\(error)"))
+            // Every recorder refusal is about the daemon's state (recording or not, name taken).
+            return .failure(id: request.id, ControlError(.conflict, "\(error)"))
         } catch {
             logger.error("\(request.cmd) failed: \(error)")
             return .failure(id: request.id, ControlError(.failed, "\(request.cmd) failed: \(error)"))
@@ -338,14 +336,7 @@ public final class Daemon: @unchecked Sendable {
         }
         let values = try runner.perform(DeviceCommand(device: device, name: name, arguments: arguments))
         logger.info("\(name) on \(device): \(values)")
-        return DeviceCommandResult(device: device, command: name, values: values.mapValues { v in
-            switch v {
-            case .string(let s): .string(s)
-            case .number(let d): .number(d)
-            case .integer(let i): .number(Double(i))
-            case .bool(let b): .bool(b)
-            }
-        })
+        return DeviceCommandResult(device: device, command: name, values: try values.mapValues { try JSONValue(encoding: $0) })
     }
 
     private func simulatedCable(_ args: [String: JSONValue], plug: Bool) throws -> JSONValue {

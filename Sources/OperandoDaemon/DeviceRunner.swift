@@ -78,8 +78,12 @@ final class DeviceRunner: @unchecked Sendable {
         return try done.wait().get()
     }
 
+    private func takeCommands() -> [(DeviceCommand, Completion<Result<[String: EventValue], any Error>>)] {
+        mailbox.withLock { m in defer { m.removeAll() }; return m }
+    }
+
     private func runCommands() {
-        for (command, done) in mailbox.withLock({ m in defer { m.removeAll() }; return m }) {
+        for (command, done) in takeCommands() {
             do {
                 done.fulfil(.success(try driver.perform(command, link: link, sink: sink)))
             } catch {
@@ -89,7 +93,7 @@ final class DeviceRunner: @unchecked Sendable {
     }
 
     private func refuseCommands(_ why: String) {
-        for (command, done) in mailbox.withLock({ m in defer { m.removeAll() }; return m }) {
+        for (command, done) in takeCommands() {
             done.fulfil(.failure(InstrumentError(.disconnected, device: command.device, why)))
         }
     }

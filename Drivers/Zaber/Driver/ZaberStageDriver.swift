@@ -9,6 +9,8 @@ import OperandoCore
 /// - Every commanded move or home is a stimulus event; its end (an alert with comm.alert on, or a
 ///   poll that finds the axis idle) is a state-change event; warning flags that appear are alarms.
 /// - Positions are µm, converted from microsteps with the device's `microstep_um` setting.
+/// - Unlike the streaming drivers this is a query/response path at `poll_hz` (≤ 200 Hz): replies
+///   are parsed into small strings, an allocation per reply that the rate makes harmless.
 public final class ZaberStageDriver: Instrument, @unchecked Sendable {
     public static let driverName = "zaber-ascii"
     public static let driverVersion = "1.0.0"
