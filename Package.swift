@@ -53,6 +53,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings),
         .target(name: "OperandoControl", dependencies: ["OperandoCore"], swiftSettings: swiftSettings),
+        // Reading runs back on one timeline: clock refits and stimulus–response alignment.
+        .target(name: "OperandoTimeline", dependencies: ["OperandoCore", "OperandoIO", "OperandoStore", "OperandoSync"], swiftSettings: swiftSettings),
 
         // Instruments: drivers see OperandoCore only; simulators add the virtual cell.
         .target(
@@ -75,7 +77,7 @@ let package = Package(
         .target(
             name: "OperandoDaemon",
             dependencies: [
-                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoControl",
+                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoControl", "OperandoSync", "OperandoTimeline",
                 "OperandoVirtualCell", "DemoDriver", "DemoSimulator", "ZaberDriver", "ZaberSimulator",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -95,14 +97,14 @@ let package = Package(
         .executableTarget(
             name: "operandoctl",
             dependencies: [
-                "OperandoControl", "OperandoIO",
+                "OperandoControl", "OperandoIO", "OperandoStore", "OperandoTimeline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "operando-sim",
             dependencies: [
-                "OperandoDaemon",
+                "OperandoDaemon", "OperandoVirtualCell",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -120,6 +122,7 @@ let package = Package(
         .testTarget(name: "OperandoStoreTests", dependencies: ["OperandoStore", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoControlTests", dependencies: ["OperandoControl"]),
         .testTarget(name: "OperandoSyncTests", dependencies: ["OperandoSync"]),
+        .testTarget(name: "OperandoTimelineTests", dependencies: ["OperandoTimeline", "OperandoStore", "OperandoSync", "OperandoIO"]),
         .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
         .testTarget(name: "ZaberTests", dependencies: ["ZaberDriver", "ZaberSimulator", "OperandoIO"]),

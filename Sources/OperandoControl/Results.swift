@@ -104,8 +104,13 @@ public struct DeviceInfo: Codable, Sendable {
     public var reconnects: Int
     public var lastError: String?
     public var streams: [String]
+    /// The device's clock domain as the live model sees it.
+    public var clock: DeviceClockInfo?
 
-    public init(name: String, driver: String, transport: String, state: String, model: String?, serialNumber: String?, firmware: String?, reconnects: Int, lastError: String?, streams: [String]) {
+    public init(
+        name: String, driver: String, transport: String, state: String, model: String?, serialNumber: String?, firmware: String?, reconnects: Int, lastError: String?,
+        streams: [String], clock: DeviceClockInfo? = nil
+    ) {
         self.name = name
         self.driver = driver
         self.transport = transport
@@ -116,6 +121,35 @@ public struct DeviceInfo: Codable, Sendable {
         self.reconnects = reconnects
         self.lastError = lastError
         self.streams = streams
+        self.clock = clock
+    }
+}
+
+/// A device's clock model, live.
+public struct DeviceClockInfo: Codable, Sendable, Equatable {
+    /// "bracketed" (the host queries the device clock), "one-way" (the device stamps what it
+    /// sends), "host-stamped" (no device clock; the transport's latency spread is the
+    /// uncertainty), or "none" (nothing observed yet).
+    public var model: String
+    /// Observations fed to the model (exchanges, stamps or round trips).
+    public var observations: UInt64
+    /// Segments so far: 1 + resets + rate changes.
+    public var segments: Int
+    /// host − device at the latest observation, ns (device-clock models only).
+    public var offsetNs: Double?
+    /// Rate of the device clock relative to the host, ppm: positive when it runs fast
+    /// (device-clock models only).
+    public var driftPPM: Double?
+    /// Uncertainty of a timestamp mapped now, ns.
+    public var uncertaintyNs: Int64?
+
+    public init(model: String, observations: UInt64, segments: Int, offsetNs: Double?, driftPPM: Double?, uncertaintyNs: Int64?) {
+        self.model = model
+        self.observations = observations
+        self.segments = segments
+        self.offsetNs = offsetNs
+        self.driftPPM = driftPPM
+        self.uncertaintyNs = uncertaintyNs
     }
 }
 

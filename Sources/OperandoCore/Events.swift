@@ -70,23 +70,31 @@ public struct Event: Codable, Sendable, Equatable {
     public var kind: Kind
     /// The device name, or "daemon".
     public var source: String
+    /// When it happened on the host timeline. For an event with a device time, the device time
+    /// mapped through the device's live clock model (the arrival time until the model has
+    /// data); otherwise the host's stamp.
     public var hostTime: HostInstant
     /// For gaps: where the gap ends on the host timeline.
     public var endTime: HostInstant?
     /// The device clock at the event, nanoseconds, when the device reported one.
     public var deviceTime: Int64?
+    /// Half-width of the interval around `hostTime` that holds the true instant, ns: from the
+    /// device's clock model, or the transport's latency spread for a host stamp. Absent when
+    /// not known yet (no clock observations) or not meaningful (daemon events are exact).
+    public var uncertaintyNs: Int64?
     public var message: String
     public var values: [String: EventValue]
 
     public init(
         kind: Kind, source: String, hostTime: HostInstant, endTime: HostInstant? = nil, deviceTime: Int64? = nil,
-        message: String, values: [String: EventValue] = [:]
+        uncertaintyNs: Int64? = nil, message: String, values: [String: EventValue] = [:]
     ) {
         self.kind = kind
         self.source = source
         self.hostTime = hostTime
         self.endTime = endTime
         self.deviceTime = deviceTime
+        self.uncertaintyNs = uncertaintyNs
         self.message = message
         self.values = values
     }

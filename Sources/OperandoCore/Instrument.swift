@@ -10,6 +10,23 @@ public protocol RecordSink: AnyObject {
     func event(_ event: Event)
     /// The host clock, for stamping events that do not come with a read.
     var clock: any HostClock { get }
+    /// A bracketed query of the device clock: the host read `hostBefore`, asked the device for
+    /// its time and got `deviceTime` (ns), and read `hostAfter` when the answer arrived. Stored
+    /// with the run and fed to the device's clock model.
+    func clockExchange(hostBefore: HostInstant, deviceTime: Int64, hostAfter: HostInstant)
+    /// A one-way stamp: the device stamped something it sent with `deviceTime` (ns, the instant
+    /// it sent it, e.g. the end of an acquisition), and it arrived at `arrival`. Fed to the
+    /// device's clock model; the least-delayed stamp of every 100 ms is stored with the run.
+    func clockStamp(deviceTime: Int64, arrival: HostInstant)
+    /// A request/reply round trip of a device without a clock: its host stamps' uncertainty is
+    /// the spread of these. Stored with the run.
+    func roundTrip(sent: HostInstant, received: HostInstant)
+}
+
+extension RecordSink {
+    public func clockExchange(hostBefore: HostInstant, deviceTime: Int64, hostAfter: HostInstant) {}
+    public func clockStamp(deviceTime: Int64, arrival: HostInstant) {}
+    public func roundTrip(sent: HostInstant, received: HostInstant) {}
 }
 
 /// What a device says it is, recorded in the run's provenance.
@@ -53,6 +70,14 @@ public protocol Instrument: AnyObject, Sendable {
     func perform(_ command: DeviceCommand, link: DeviceLink, sink: any RecordSink) throws -> [String: EventValue]
     /// Serial line settings the device needs, when it is reached over a serial port.
     static var serialDefaults: SerialSettings { get }
+    /// Resolution of the device's timestamps, ns (added to every mapped uncertainty). Default 1.
+    static var clockResolutionNs: Double { get }
+    /// For devices that only stamp what they send (one-way): the most the constant part of the
+    /// delay from the device's stamp to the host's read can be, ns. A one-way stream cannot
+    /// measure it (it reads as an offset), so the model assumes it lies in [0, max]: half is
+    /// subtracted from arrivals and half added to every uncertainty. Default 1 ms (a USB frame
+    /// or a few bytes at serial speeds); the device's `clock_latency_max_us` overrides it.
+    static var oneWayLatencyMaxNs: Int64 { get }
 }
 
 extension Instrument {
@@ -61,6 +86,10 @@ extension Instrument {
     }
 
     public static var serialDefaults: SerialSettings { SerialSettings() }
+
+    public static var clockResolutionNs: Double { 1 }
+
+    public static var oneWayLatencyMaxNs: Int64 { 1_000_000 }
 }
 
 /// A command for one device from the control socket.

@@ -17,6 +17,29 @@ public enum ElementType: String, Codable, Sendable, CaseIterable {
     }
 }
 
+extension ElementType {
+    /// The little-endian elements in `bytes` as Doubles (a trailing partial element is ignored).
+    public func values(_ bytes: ArraySlice<UInt8>) -> [Double] {
+        let n = bytes.count / size
+        return bytes.withUnsafeBytes { b in
+            (0..<n).map { i in
+                let o = i * size
+                switch self {
+                case .uint8, .json: return Double(b[o])
+                case .uint16: return Double(UInt16(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt16.self)))
+                case .int16: return Double(Int16(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int16.self)))
+                case .uint32: return Double(UInt32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt32.self)))
+                case .int32: return Double(Int32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int32.self)))
+                case .uint64: return Double(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt64.self)))
+                case .int64: return Double(Int64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int64.self)))
+                case .float32: return Double(Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt32.self))))
+                case .float64: return Double(bitPattern: UInt64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt64.self)))
+                }
+            }
+        }
+    }
+}
+
 /// What a stream carries.
 public enum StreamKind: String, Codable, Sendable {
     /// Rows of scalar fields (a potentiostat's E and I, a stage's position); a record holds one or more rows.
@@ -92,6 +115,59 @@ public struct StreamDescriptor: Codable, Sendable, Equatable {
         StreamDescriptor(
             name: "\(device)/events", device: device, kind: .events, elementType: .json, fields: [],
             shape: [], nominalRateHz: 1, maxPayloadBytes: 16 * 1024)
+    }
+
+    /// A device's clock observations, stored raw so a run can be refitted after the fact
+    /// (`operandoctl refit`); see `ClockObservation` for the layout.
+    public static func clock(device: String) -> StreamDescriptor {
+        StreamDescriptor(
+            name: "\(device)/clock", device: device, kind: .samples, elementType: .int64,
+            fields: [Field("host_before", unit: "ns"), Field("host_after", unit: "ns"), Field("kind", unit: "0=bracketed,1=one-way,2=round-trip")],
+            shape: [3], nominalRateHz: 10, maxPayloadBytes: ClockObservation.payloadBytes)
+    }
+}
+
+/// One observation of a device's clock, as stored in its `<device>/clock` stream: the payload is
+/// three little-endian i64 (`host_before`, `host_after`, `kind`), the record's device time is
+/// the device's reading, and the record's host time is `host_after`.
+///
+/// - bracketed: the host read `hostBefore`, asked for the device's time, and read `hostAfter`
+///   when the answer came;
+/// - one-way: the device stamped something it sent with `deviceTime`, which arrived at
+///   `hostAfter` (`hostBefore` = `hostAfter`); stored at most one per 100 ms, the one with the
+///   least delay, since only the lower envelope matters;
+/// - round trip: a request/reply of a device without a clock (no device time).
+public struct ClockObservation: Sendable, Equatable {
+    public enum Kind: Int64, Sendable {
+        case bracketed = 0, oneWay = 1, roundTrip = 2
+    }
+
+    public static let payloadBytes = 24
+
+    public var kind: Kind
+    public var hostBefore: HostInstant
+    public var hostAfter: HostInstant
+    public var deviceTime: Int64?
+
+    public init(kind: Kind, hostBefore: HostInstant, hostAfter: HostInstant, deviceTime: Int64?) {
+        self.kind = kind
+        self.hostBefore = hostBefore
+        self.hostAfter = hostAfter
+        self.deviceTime = deviceTime
+    }
+
+    /// Calls `body` with the payload bytes (no allocation).
+    public func withPayload<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        var words = (hostBefore.nanoseconds.littleEndian, hostAfter.nanoseconds.littleEndian, kind.rawValue.littleEndian)
+        return try withUnsafeBytes(of: &words) { (b) throws(E) -> R in try body(b) }
+    }
+
+    /// Decodes a stored record; nil when the payload is not a clock observation.
+    public init?(payload: [UInt8], deviceTime: Int64?) {
+        guard payload.count == Self.payloadBytes else { return nil }
+        let w = payload.withUnsafeBytes { b in (0..<3).map { Int64(littleEndian: b.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) } }
+        guard let kind = Kind(rawValue: w[2]), (kind == .roundTrip) == (deviceTime == nil) else { return nil }
+        self.init(kind: kind, hostBefore: HostInstant(nanoseconds: w[0]), hostAfter: HostInstant(nanoseconds: w[1]), deviceTime: deviceTime)
     }
 }
 

@@ -21,6 +21,13 @@ public struct HostInstant: Hashable, Comparable, Sendable, Codable, CustomString
 
     public var description: String { "\(nanoseconds)ns" }
 
+    /// When a device acted on a request sent at `sent` whose reply arrived at `received`: the
+    /// middle of the bracket, and half its width (rounded up) as the uncertainty in ns.
+    @inlinable public static func bracketMidpoint(sent: HostInstant, received: HostInstant) -> (instant: HostInstant, uncertaintyNs: Int64) {
+        let width = received.nanoseconds &- sent.nanoseconds
+        return (HostInstant(nanoseconds: sent.nanoseconds &+ width / 2), (abs(width) + 1) / 2)
+    }
+
     public init(from decoder: any Decoder) throws {
         nanoseconds = try decoder.singleValueContainer().decode(Int64.self)
     }

@@ -1,5 +1,6 @@
 import Foundation
 import OperandoCore
+import OperandoVirtualCell
 import TOMLKit
 
 /// How a device is reached.
@@ -73,6 +74,10 @@ public struct DeviceConfig: Sendable {
     public var settings: DeviceSettings
     /// Line settings for serial transports: the driver's defaults with this device's overrides.
     public var serial: SerialSettings
+    /// The device clock of this device's simulator (`transport = "simulated"` only).
+    public var simulatedClock: SimulatedDeviceClock
+    /// Overrides the driver's bound on the constant one-way delay of its stamps, ns.
+    public var clockLatencyMaxNs: Int64?
 }
 
 public struct DaemonConfig: Sendable {
@@ -138,7 +143,10 @@ public struct ConfigKey: Sendable {
         ConfigKey(table: "device", key: "rts", kind: .bool, defaultValue: "true", doc: "Drive RTS high once the port is open (ignored with RTS/CTS flow control)."),
         ConfigKey(table: "device", key: "ring_mb", kind: .integer(1...16384), defaultValue: "[daemon] ring_mb", doc: "Ring size for each of this device's streams (MiB)."),
         ConfigKey(table: "device", key: "overflow", kind: .choice(OverflowPolicy.allCases.map(\.rawValue)), defaultValue: "\"block\"", doc: "When a ring is full: `block` the device thread, `drop-oldest` or `drop-newest`. Drops are counted and reported."),
-        ConfigKey(table: "device", key: "settings", kind: .table, defaultValue: "{}", doc: "Driver settings, e.g. `rate_hz` and `current_a` (demo-potentiostat), `channels` and `interval_ms` (demo-xrf)."),
+        ConfigKey(table: "device", key: "clock_latency_max_us", kind: .integer(0...1_000_000), defaultValue: "the driver's (1000)", doc: "Devices that only stamp what they send: the most the constant delay from the device's stamp to the host's read can be (µs). A one-way stream cannot measure it; half is subtracted from arrivals and half added to every uncertainty."),
+        ConfigKey(table: "device", key: "sim_clock_drift_ppm", kind: .number(-1000...1000), defaultValue: "25", doc: "Simulated devices only: how fast the simulator's device clock runs relative to the host (ppm)."),
+        ConfigKey(table: "device", key: "sim_clock_offset_s", kind: .number(0...1e9), defaultValue: "1000", doc: "Simulated devices only: the simulator's device clock at host time 0 (s), i.e. device = offset + host · (1 + drift)."),
+        ConfigKey(table: "device", key: "settings", kind: .table, defaultValue: "{}", doc: "Driver settings, e.g. `rate_hz`, `current_a` and `clock_query_ms` (demo-potentiostat: bracketed clock queries every N ms, 0 = off; default 1000), `channels` and `interval_ms` (demo-xrf)."),
     ]
 }
 
@@ -226,6 +234,10 @@ public enum ConfigLoader {
                 if let f = v.choice(t, where_, "flow_control", schema: "device").flatMap(SerialSettings.FlowControl.init(rawValue:)) { serial.flowControl = f }
                 if let d = v.bool(t, where_, "dtr") { serial.dtr = d }
                 if let r = v.bool(t, where_, "rts") { serial.rts = r }
+                let simulatedClock = SimulatedDeviceClock(
+                    driftPPM: v.double(t, where_, "sim_clock_drift_ppm", schema: "device") ?? 25,
+                    offsetNs: Int64((v.double(t, where_, "sim_clock_offset_s", schema: "device") ?? 1000) * 1e9))
+                let clockLatencyMaxNs = v.int(t, where_, "clock_latency_max_us", schema: "device", required: false).map { Int64($0) * 1000 }
                 var settings = DeviceSettings()
                 if let s = t["settings"] {
                     if let st = s.table {
@@ -252,7 +264,7 @@ public enum ConfigLoader {
                         let key = settings.values.keys.sorted().first { message.contains("\($0) =") }
                         v.error("\(where_).settings" + (key.map { ".\($0)" } ?? ""), message)
                     }
-                    devices.append(DeviceConfig(name: name, driver: driver, transport: transport, ringBytes: (ring ?? defaultRingMB).map { $0 << 20 }, overflow: overflow, settings: settings, serial: serial))
+                    devices.append(DeviceConfig(name: name, driver: driver, transport: transport, ringBytes: (ring ?? defaultRingMB).map { $0 << 20 }, overflow: overflow, settings: settings, serial: serial, simulatedClock: simulatedClock, clockLatencyMaxNs: clockLatencyMaxNs))
                 }
             }
         case _?:

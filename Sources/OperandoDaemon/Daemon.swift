@@ -5,6 +5,8 @@ import OperandoControl
 import OperandoCore
 import OperandoIO
 import OperandoStore
+import OperandoSync
+import OperandoTimeline
 import OperandoVirtualCell
 import Synchronization
 
@@ -67,7 +69,12 @@ public final class Daemon: @unchecked Sendable {
             let ring = device.ringBytes ?? config.defaultRingBytes
             let streamChannels = try driver.streams.map { try makeChannel($0, ringBytes: ring, policy: device.overflow) }
             let events = try makeChannel(.events(device: device.name), ringBytes: min(ring, 4 << 20), policy: .block)
-            let sink = ChannelSink(channels: streamChannels, events: events, clock: clock)
+            let clockChannel = try makeChannel(.clock(device: device.name), ringBytes: min(ring, 1 << 20), policy: .block)
+            let sink = ChannelSink(
+                device: device.name, channels: streamChannels, events: events, clockChannel: clockChannel,
+                clockParameters: DeviceClockParameters(
+                    resolutionNs: type(of: driver).clockResolutionNs, oneWayLatencyMaxNs: device.clockLatencyMaxNs ?? type(of: driver).oneWayLatencyMaxNs),
+                clock: clock)
             runners.append(DeviceRunner(config: device, driver: driver, sink: sink, cell: cell, clock: clock, reconnectMax: config.reconnectMax, logger: logger))
         }
         self.channels = channels
@@ -116,13 +123,15 @@ public final class Daemon: @unchecked Sendable {
             case "run.start": result = try JSONValue(encoding: startRun(args, peer: peer))
             case "run.stop": result = try JSONValue(encoding: stopRun(args))
             case "run.list": result = try JSONValue(encoding: listRuns())
+            case "run.refit": result = try JSONValue(encoding: refit(args))
+            case "run.align": result = try JSONValue(encoding: align(args))
             case "mark": result = try JSONValue(encoding: mark(args, peer: peer))
             case "tail": result = try JSONValue(encoding: tail(args))
             case "sim.unplug", "sim.replug": result = try simulatedCable(args, plug: request.cmd == "sim.replug")
             case "ports": result = try JSONValue(encoding: ports())
             case "move", "home": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
             default:
-                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, mark, tail, move, home, sim.unplug, sim.replug")
+                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, mark, tail, move, home, sim.unplug, sim.replug")
             }
             return .success(id: request.id, result)
         } catch let error as ControlError {
@@ -199,7 +208,7 @@ public final class Daemon: @unchecked Sendable {
             return DeviceInfo(
                 name: r.config.name, driver: r.config.driver, transport: r.config.transport.description, state: s.state.rawValue,
                 model: s.identity?.model, serialNumber: s.identity?.serialNumber, firmware: s.identity?.firmware, reconnects: s.reconnects,
-                lastError: s.lastError, streams: r.driver.streams.map(\.name))
+                lastError: s.lastError, streams: r.driver.streams.map(\.name) + ["\(r.config.name)/events", "\(r.config.name)/clock"], clock: r.sink.liveClock.info)
         }
     }
 
@@ -208,7 +217,8 @@ public final class Daemon: @unchecked Sendable {
         return Provenance(
             daemonVersion: Self.version, hostName: host, configPath: config.path, configText: config.text,
             devices: runners.map { r in
-                DeviceProvenance(name: r.config.name, driver: r.config.driver, driverVersion: type(of: r.driver).driverVersion, transport: r.config.transport.description, identity: r.snapshot.identity)
+                DeviceProvenance(name: r.config.name, driver: r.config.driver, driverVersion: type(of: r.driver).driverVersion, transport: r.config.transport.description, identity: r.snapshot.identity,
+                                 clockResolutionNs: r.sink.clockParameters.resolutionNs, oneWayLatencyMaxNs: r.sink.clockParameters.oneWayLatencyMaxNs)
             },
             libraries: ["libserialport": SystemLibraries.libserialportVersion, "libusb": SystemLibraries.libusbVersion, "crc32c": CRC32C.isHardwareAccelerated ? "sse4.2" : "table"])
     }
@@ -265,6 +275,49 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
+    /// The directory of the run named by `args["run"]`: its directory name, its name, or its id.
+    private func runDirectory(_ args: [String: JSONValue]) throws -> String {
+        let wanted = try string(args, "run")!
+        let root = dataDirectory + "/runs"
+        let names = (try? FileSystem.list(root)) ?? []
+        if names.contains(wanted), !wanted.contains("/"), wanted != "..", wanted != "." { return root + "/" + wanted }
+        for name in names {
+            if let m = try? RunManifest.load(root + "/" + name + "/run.json"), m.name == wanted || m.id == wanted { return root + "/" + name }
+        }
+        throw ControlError(.notFound, "no run \"\(wanted)\" in \(root); `operandoctl run list` shows the runs")
+    }
+
+    /// `run.refit` (args: run): refits every device clock of the run from its stored
+    /// observations and writes `clock.json` into the run directory.
+    func refit(_ args: [String: JSONValue]) throws -> RefitResult {
+        let reader = try timelineRead { try RunReader(directory: try runDirectory(args)) }
+        let clocks = try timelineRead { try RunClocks.fit(reader) }
+        let file = try clocks.write(into: reader.directory)
+        logger.info("refitted the clocks of run \(reader.manifest.name) into \(file)")
+        return RefitResult(run: reader.manifest.name, file: file, devices: clocks.summary)
+    }
+
+    /// `run.align` (args: run, response, stimulus): the stimulus during every response.
+    func align(_ args: [String: JSONValue]) throws -> AlignmentTable {
+        let reader = try timelineRead { try RunReader(directory: try runDirectory(args)) }
+        let response = try string(args, "response")!
+        let stimulus = try string(args, "stimulus")!
+        return try timelineRead { try Alignment.compute(reader, response: response, stimulus: stimulus) }
+    }
+
+    /// Turns the reader's and the aligner's refusals into control errors with their message.
+    private func timelineRead<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let e as RunReader.Failure {
+            throw ControlError(.notFound, e.description)
+        } catch let e as Alignment.Failure {
+            throw ControlError(.badArguments, e.description)
+        } catch let e as SegmentReader.Failure {
+            throw ControlError(.failed, "the run cannot be read: \(e)")
+        }
+    }
+
     func mark(_ args: [String: JSONValue], peer: PeerCredentials?) throws -> MarkResult {
         let text = try string(args, "text")!
         guard text.utf8.count <= 4096 else { throw ControlError(.badArguments, "a marker is at most 4096 bytes") }
@@ -289,10 +342,10 @@ public final class Daemon: @unchecked Sendable {
                 // The newest sample of the record.
                 let row = d.bytesPerItem
                 let start = max(0, (r.payloadBytes / max(1, row) - 1) * row)
-                let values = start + row <= r.payload.count ? ElementDecoding.values(Array(r.payload[start..<(start + row)]), d.elementType) : []
+                let values = start + row <= r.payload.count ? d.elementType.values(r.payload[start..<(start + row)]) : []
                 return TailEntry(sequence: r.sequence, hostTimeNanoseconds: r.hostTime.nanoseconds, deviceTimeNanoseconds: r.deviceTime, values: values, event: nil, payloadBytes: r.payloadBytes)
             case .frames:
-                let values = ElementDecoding.values(r.payload, d.elementType)
+                let values = d.elementType.values(r.payload[...])
                 return TailEntry(sequence: r.sequence, hostTimeNanoseconds: r.hostTime.nanoseconds, deviceTimeNanoseconds: r.deviceTime, values: values, event: nil, payloadBytes: r.payloadBytes)
             }
         }
@@ -346,28 +399,5 @@ public final class Daemon: @unchecked Sendable {
         if plug { link.replug() } else { link.unplug() }
         logger.notice("simulated cable of \(name) \(plug ? "plugged in" : "pulled")")
         return .object(["device": .string(name), "plugged": .bool(plug)])
-    }
-}
-
-/// Turns little-endian element bytes into Doubles, for display.
-enum ElementDecoding {
-    static func values(_ bytes: [UInt8], _ type: ElementType) -> [Double] {
-        let n = bytes.count / max(1, type.size)
-        return bytes.withUnsafeBytes { b in
-            (0..<n).map { i in
-                let o = i * type.size
-                switch type {
-                case .uint8, .json: return Double(b[o])
-                case .uint16: return Double(UInt16(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt16.self)))
-                case .int16: return Double(Int16(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int16.self)))
-                case .uint32: return Double(UInt32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt32.self)))
-                case .int32: return Double(Int32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int32.self)))
-                case .uint64: return Double(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt64.self)))
-                case .int64: return Double(Int64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: Int64.self)))
-                case .float32: return Double(Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt32.self))))
-                case .float64: return Double(bitPattern: UInt64(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt64.self)))
-                }
-            }
-        }
     }
 }

@@ -105,11 +105,12 @@ final class DeviceRunner: @unchecked Sendable {
             let name = config.name
             let cell = cell
             let clock = clock
+            let deviceClock = config.simulatedClock
             simulatorThread = IOThread(name: "sim-\(name)") { [self] in
                 // The simulator serves until the link is unplugged; then waits for a replug.
                 while !isStopping {
                     if simulated.isPlugged {
-                        DriverRegistry.serveSimulator(driverName, name: name, link: simulated, cell: cell, clock: clock, shouldStop: { self.isStopping || !simulated.isPlugged })
+                        DriverRegistry.serveSimulator(driverName, name: name, link: simulated, cell: cell, clock: clock, deviceClock: deviceClock, shouldStop: { self.isStopping || !simulated.isPlugged })
                     } else {
                         ThreadSleep.sleep(.milliseconds(20))
                     }
@@ -123,8 +124,7 @@ final class DeviceRunner: @unchecked Sendable {
         stopping.store(true, ordering: .relaxed)
         thread?.join()
         simulatorThread?.join()
-        for c in sink.channels { c.close() }
-        sink.events.close()
+        for c in sink.allChannels { c.close() }
     }
 
     private func update(_ body: (inout Snapshot) -> Void) { snapshotLock.withLock { body(&$0) } }

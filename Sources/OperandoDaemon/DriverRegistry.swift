@@ -34,14 +34,14 @@ public enum DriverRegistry {
 
     /// Runs the simulator for `driver` on the device end of `link` until `shouldStop`.
     public static func serveSimulator(
-        _ driver: String, name: String, link: InMemoryLink, cell: VirtualCell, clock: any HostClock, shouldStop: () -> Bool
+        _ driver: String, name: String, link: InMemoryLink, cell: VirtualCell, clock: any HostClock, deviceClock: SimulatedDeviceClock, shouldStop: () -> Bool
     ) {
         let seed = Self.seed(for: name)
         switch driver {
         case DemoPotentiostatDriver.driverName:
-            DemoPotentiostatSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
+            DemoPotentiostatSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", deviceClock: deviceClock, seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
         case DemoXRFDriver.driverName:
-            DemoXRFSimulator(cell: cell, clock: clock, serialNumber: "XRF-\(name)", seed: seed).serve(link.devicePackets, shouldStop: shouldStop)
+            DemoXRFSimulator(cell: cell, clock: clock, serialNumber: "XRF-\(name)", deviceClock: deviceClock, seed: seed).serve(link.devicePackets, shouldStop: shouldStop)
         case ZaberStageDriver.driverName:
             ZaberSimulator(devices: ZaberSimulator.standard(count: 1), clock: clock, seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
         default:
@@ -56,11 +56,12 @@ public enum DriverRegistry {
 
     /// Serves a simulator on a byte-stream transport (for `operando-sim --listen`).
     public static func serveSimulator(
-        _ driver: String, name: String, byteStream: any ByteStreamTransport, cell: VirtualCell, clock: any HostClock, shouldStop: () -> Bool
+        _ driver: String, name: String, byteStream: any ByteStreamTransport, cell: VirtualCell, clock: any HostClock, deviceClock: SimulatedDeviceClock,
+        shouldStop: () -> Bool
     ) throws {
         switch driver {
         case DemoPotentiostatDriver.driverName:
-            DemoPotentiostatSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)").serve(byteStream, shouldStop: shouldStop)
+            DemoPotentiostatSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", deviceClock: deviceClock).serve(byteStream, shouldStop: shouldStop)
         default:
             throw InstrumentError(.unsupported, device: name, "the \(driver) simulator does not speak over a byte stream")
         }

@@ -28,11 +28,17 @@ public enum SimulatorServing {
         public var timeScale: Double
         /// Devices on a Zaber chain.
         public var zaberDevices: Int
+        /// The simulated instrument's own clock (simulators with a device clock).
+        public var deviceClock: SimulatedDeviceClock
 
-        public init(name: String = "sim", timeScale: Double = 600, zaberDevices: Int = 1) {
+        public init(
+            name: String = "sim", timeScale: Double = 600, zaberDevices: Int = 1,
+            deviceClock: SimulatedDeviceClock = SimulatedDeviceClock(driftPPM: 25, offsetNs: 1_000_000_000_000)
+        ) {
             self.name = name
             self.timeScale = timeScale
             self.zaberDevices = zaberDevices
+            self.deviceClock = deviceClock
         }
     }
 
@@ -68,7 +74,7 @@ public enum SimulatorServing {
         params.timeScale = options.timeScale
         let cell = VirtualCell(params)
         return Server { client, shouldStop in
-            try DriverRegistry.serveSimulator(simulator, name: options.name, byteStream: client, cell: cell, clock: clock, shouldStop: shouldStop)
+            try DriverRegistry.serveSimulator(simulator, name: options.name, byteStream: client, cell: cell, clock: clock, deviceClock: options.deviceClock, shouldStop: shouldStop)
         }
     }
 }

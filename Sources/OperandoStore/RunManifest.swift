@@ -93,12 +93,21 @@ public struct DeviceProvenance: Codable, Sendable {
     public var driverVersion: String
     public var transport: String
     public var identity: DeviceIdentity?
+    /// Resolution of the device's timestamps, ns (its clock model adds it to every uncertainty).
+    public var clockResolutionNs: Double?
+    /// The most the constant one-way delay of its stamps can be, ns (one-way clock model).
+    public var oneWayLatencyMaxNs: Int64?
 
-    public init(name: String, driver: String, driverVersion: String, transport: String, identity: DeviceIdentity?) {
+    public init(
+        name: String, driver: String, driverVersion: String, transport: String, identity: DeviceIdentity?, clockResolutionNs: Double? = nil,
+        oneWayLatencyMaxNs: Int64? = nil
+    ) {
         self.name = name
         self.driver = driver
         self.driverVersion = driverVersion
         self.transport = transport
         self.identity = identity
+        self.clockResolutionNs = clockResolutionNs
+        self.oneWayLatencyMaxNs = oneWayLatencyMaxNs
     }
 }

@@ -142,3 +142,34 @@ public struct ClockModelConfiguration: Sendable, Equatable, Codable {
         return p
     }
 }
+
+/// What the clock models of one device need to know about it, as recorded with every run so a
+/// refit uses the same assumptions as the live model.
+public struct DeviceClockParameters: Sendable, Equatable, Codable {
+    /// Resolution of the device's timestamps, ns.
+    public var resolutionNs: Double
+    /// The most the constant one-way delay can be, ns (see `Instrument.oneWayLatencyMaxNs`).
+    public var oneWayLatencyMaxNs: Int64
+
+    public init(resolutionNs: Double = 1, oneWayLatencyMaxNs: Int64 = 1_000_000) {
+        self.resolutionNs = resolutionNs
+        self.oneWayLatencyMaxNs = oneWayLatencyMaxNs
+    }
+
+    /// The bracketed configuration with this device's resolution.
+    public var bracketed: ClockModelConfiguration {
+        var c = ClockModelConfiguration.bracketed
+        c.resolutionNs = resolutionNs
+        return c
+    }
+
+    /// The one-way configuration: the constant delay is assumed to lie in [0, max], so half of
+    /// the max is subtracted from arrivals and half is added to every uncertainty.
+    public var oneWay: ClockModelConfiguration {
+        var c = ClockModelConfiguration.oneWay
+        c.resolutionNs = resolutionNs
+        c.latencyFloorNs = oneWayLatencyMaxNs / 2
+        c.latencyFloorUncertaintyNs = Double(oneWayLatencyMaxNs - oneWayLatencyMaxNs / 2)
+        return c
+    }
+}

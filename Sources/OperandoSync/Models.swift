@@ -166,8 +166,8 @@ public struct HostStampedModel: ClockModel {
     /// An event that happened between sending a request and receiving its reply: the midpoint,
     /// ± half the round trip (rounded up). Needs no history.
     public func map(sent: HostInstant, received: HostInstant) -> MappedInstant {
-        let rtt = received.nanoseconds &- sent.nanoseconds
-        return MappedInstant(host: HostInstant(nanoseconds: sent.nanoseconds &+ rtt / 2), uncertaintyNs: (abs(rtt) + 1) / 2)
+        let b = HostInstant.bracketMidpoint(sent: sent, received: received)
+        return MappedInstant(host: b.instant, uncertaintyNs: b.uncertaintyNs)
     }
 
     /// A host-stamped device has one clock domain, the host's: no segments.

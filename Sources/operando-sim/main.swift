@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import OperandoDaemon
 import OperandoIO
+import OperandoVirtualCell
 
 /// Runs one instrument simulator on its own, so operandod (or a vendor's client) can reach it
 /// over a real transport: a TCP port or a pseudo-terminal that looks like a serial port.
@@ -25,6 +26,8 @@ struct OperandoSim: ParsableCommand {
     @Option(name: .long, help: "Cell seconds per host second.") var timeScale: Double = 600
     @Option(name: .long, help: "Device name (used in the serial number).") var name = "sim"
     @Option(name: .long, help: "zaber: devices on the daisy chain (1-99).") var devices = 1
+    @Option(name: .long, help: "Device clock drift relative to the host, ppm (simulators with a clock).") var clockDriftPpm: Double = 25
+    @Option(name: .long, help: "Device clock at host time 0, s (simulators with a clock).") var clockOffsetS: Double = 1000
 
     func validate() throws {
         guard (listen == nil) != (pty == nil) else {
@@ -38,7 +41,9 @@ struct OperandoSim: ParsableCommand {
         let server: SimulatorServing.Server
         do {
             server = try SimulatorServing.makeServer(
-                simulator, options: SimulatorServing.Options(name: name, timeScale: timeScale, zaberDevices: devices), clock: clock)
+                simulator, options: SimulatorServing.Options(
+                    name: name, timeScale: timeScale, zaberDevices: devices,
+                    deviceClock: SimulatedDeviceClock(driftPPM: clockDriftPpm, offsetNs: Int64(clockOffsetS * 1e9))), clock: clock)
         } catch {
             throw ValidationError("\(error)")
         }

@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import OperandoControl
 import OperandoIO
+import OperandoStore
+import OperandoTimeline
 
 struct Global: ParsableArguments {
     @Option(name: .long, help: "Control socket (default: $OPERANDO_SOCKET or /run/operandod/control.sock).")
@@ -77,6 +79,21 @@ func bytes(_ n: UInt64) -> String {
     return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
 }
 
+/// "12.3µs", "4.56ms".
+func microseconds(_ ns: Int64) -> String {
+    ns >= 1_000_000 ? String(format: "%.2fms", Double(ns) / 1e6) : String(format: "%.1fµs", Double(ns) / 1e3)
+}
+
+/// A run directory given on the command line (it holds run.json): read here, without the daemon.
+func localRun(_ run: String) throws -> RunReader? {
+    guard FileManager.default.fileExists(atPath: run + "/run.json") else { return nil }
+    do {
+        return try RunReader(directory: run)
+    } catch {
+        fail("\(error)", code: 1)
+    }
+}
+
 func duration(_ s: Double) -> String {
     let t = Int(s)
     return String(format: "%02d:%02d:%02d", t / 3600, (t / 60) % 60, t % 60)
@@ -88,7 +105,7 @@ struct OperandoCtl: ParsableCommand {
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
         usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
-        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Sim.self])
+        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Refit.self, Align.self, Sim.self])
 
     /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
     /// command; they are moved behind it, where every command's option group reads them.
@@ -137,9 +154,21 @@ struct Devices: ParsableCommand {
     func run() throws {
         try global.output(global.call("devices"), as: [DeviceInfo].self) { devices in
             table(
-                ["DEVICE", "DRIVER", "TRANSPORT", "STATE", "MODEL", "SERIAL", "FIRMWARE", "RECONNECTS", "LAST ERROR"],
-                devices.map { [$0.name, $0.driver, $0.transport, $0.state, $0.model ?? "-", $0.serialNumber ?? "-", $0.firmware ?? "-", "\($0.reconnects)", $0.lastError ?? "-"] })
+                ["DEVICE", "DRIVER", "TRANSPORT", "STATE", "MODEL", "SERIAL", "FIRMWARE", "RECONNECTS", "CLOCK", "LAST ERROR"],
+                devices.map {
+                    [$0.name, $0.driver, $0.transport, $0.state, $0.model ?? "-", $0.serialNumber ?? "-", $0.firmware ?? "-", "\($0.reconnects)", clock($0.clock), $0.lastError ?? "-"]
+                })
         }
+    }
+
+    /// "bracketed ±12.3µs +25.01ppm".
+    func clock(_ c: DeviceClockInfo?) -> String {
+        guard let c, c.model != "none" else { return "-" }
+        var parts = [c.model]
+        if let u = c.uncertaintyNs { parts.append("±" + microseconds(u)) }
+        if let d = c.driftPPM { parts.append(String(format: "%+.2fppm", d)) }
+        if c.segments > 1 { parts.append("\(c.segments) segments") }
+        return parts.joined(separator: " ")
     }
 }
 
@@ -308,6 +337,76 @@ struct Tail: ParsableCommand {
             after = result.next ?? after
             if follow { Thread.sleep(forTimeInterval: 0.2) }
         } while follow
+    }
+}
+
+struct Refit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Refit every device clock of a run from its stored observations; writes clock.json into the run.",
+        discussion: "RUN is a run's name or id (asks the daemon), or a run directory (read here, e.g. a copy on another machine).")
+    @OptionGroup var global: Global
+    @Argument(help: ArgumentHelp("Run name, id, or directory.", valueName: "run")) var runName: String
+
+    func run() throws {
+        let value: JSONValue
+        if let reader = try localRun(runName) {
+            do {
+                let clocks = try RunClocks.fit(reader)
+                value = try JSONValue(encoding: RefitResult(run: reader.manifest.name, file: try clocks.write(into: reader.directory), devices: clocks.summary))
+            } catch {
+                fail("refit of \(runName) failed: \(error)", code: 1)
+            }
+        } else {
+            value = try global.call("run.refit", ["run": .string(runName)], timeout: .seconds(600))
+        }
+        try global.output(value, as: RefitResult.self) { r in
+            "run \(r.run): clocks written to \(r.file)\n"
+                + table(
+                    ["DEVICE", "MODEL", "OBSERVATIONS", "SEGMENTS", "RESETS", "DRIFT", "UNCERTAINTY (MEDIAN)", "UNCERTAINTY (MAX)"],
+                    r.devices.map {
+                        [$0.device, $0.model, "\($0.observations)", "\($0.segments)", "\($0.resets)", $0.driftPPM.map { String(format: "%+.3f ppm", $0) } ?? "-",
+                         $0.uncertaintyMedianNs.map(microseconds) ?? "-", $0.uncertaintyMaxNs.map(microseconds) ?? "-"]
+                    })
+        }
+    }
+}
+
+struct Align: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "For each response (spectrum, frame, …) of a run, the stimulus applied while it was taken.",
+        discussion: """
+            Device clocks are refitted from the run's stored observations. Each row: the response's interval on the common timeline (s since \
+            the run's start), its uncertainty, and the stimulus device's fields over it (mean, min, max), the charge passed, and the \
+            stimulus events. RUN is a run's name or id (asks the daemon), or a run directory (read here).
+            """)
+    @OptionGroup var global: Global
+    @Argument(help: ArgumentHelp("Run name, id, or directory.", valueName: "run")) var runName: String
+    @Option(name: .long, help: "The response stream, e.g. xrf/spectrum.") var response: String
+    @Option(name: .long, help: "The stimulus device, e.g. pstat.") var stimulus: String
+    @Flag(name: .long, help: "Print CSV (units in the header) instead of a table.") var csv = false
+
+    func run() throws {
+        let value: JSONValue
+        if let reader = try localRun(runName) {
+            do {
+                value = try JSONValue(encoding: Alignment.compute(reader, response: response, stimulus: stimulus))
+            } catch {
+                fail("\(error)", code: 1)
+            }
+        } else {
+            value = try global.call("run.align", ["run": .string(runName), "response": .string(response), "stimulus": .string(stimulus)], timeout: .seconds(600))
+        }
+        if csv && !global.json {
+            print(try value.decode(AlignmentTable.self).csv(), terminator: "")
+            return
+        }
+        try global.output(value, as: AlignmentTable.self) { t in
+            var header = t.csvHeader
+            header.removeLast()  // the last stimulus's text is too wide for a table; --csv has it
+            let rows = t.rows.map { Array(t.csvFields($0).dropLast()) }
+            return "run \(t.run): \(t.response) (clock: \(t.responseClock)) against \(t.stimulusStream) (clock: \(t.stimulusClock)); \(t.rows.count) responses\n"
+                + table(header, rows)
+        }
     }
 }
 

@@ -130,14 +130,13 @@ public struct RunOnDisk {
     public var torn = 0
 
     public init(directory: String) throws {
-        manifest = try RunManifest.load(directory + "/run.json")
-        for name in try FileSystem.list(directory + "/segments") {
-            let scan = try SegmentReader.read(directory + "/segments/" + name) { r in
-                if r.header.kind == .data || r.header.kind == .event { records[r.header.streamID, default: []].append(r) }
-            }
-            damaged += scan.damaged.count
-            torn += scan.tornTailBytes
-        }
+        let reader = try RunReader(directory: directory)
+        manifest = reader.manifest
+        var records: [UInt32: [StoredRecord]] = [:]
+        let scan = try reader.records { records[$0.header.streamID, default: []].append($0) }
+        self.records = records
+        damaged = scan.damagedRegions
+        torn = scan.tornTailBytes
     }
 
     public func stream(_ name: String) -> [StoredRecord] {

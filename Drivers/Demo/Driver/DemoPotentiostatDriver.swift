@@ -9,11 +9,21 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
     public static let driverName = "demo-potentiostat"
     public static let driverVersion = "1.0.0"
     public static let linkKind = LinkKind.byteStream
+    /// The device prints its clock in whole microseconds.
+    public static let clockResolutionNs = 1000.0
+    /// Bracketed `TIME?` queries at setup, before streaming starts, so the clock model has a
+    /// tight start.
+    public static let setupClockQueries = 8
 
     public let name: String
     public let rateHz: Double
     public let current: Double
+    /// Interval between bracketed `TIME?` queries while streaming, ns; 0 = none.
+    public let clockQueryNs: Int64
     public let streams: [StreamDescriptor]
+    /// When the outstanding `TIME?` was sent.
+    private var timeQuerySent: HostInstant?
+    private var lastTimeQuery = HostInstant(nanoseconds: 0)
 
     /// Preallocated: read buffer, line assembly, and one sample's payload.
     private var readBuffer = [UInt8](repeating: 0, count: 8192)
@@ -33,6 +43,11 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
         self.name = name
         rateHz = settings.double("rate_hz") ?? 10
         current = settings.double("current_a") ?? 0.0025
+        let queryMs = settings.int("clock_query_ms") ?? 1000
+        guard queryMs == 0 || (100...60000).contains(queryMs) else {
+            throw InstrumentError(.unsupported, device: name, "clock_query_ms = \(queryMs) is outside 100…60000 (0 turns the queries off)")
+        }
+        clockQueryNs = Int64(queryMs) * 1_000_000
         guard (1...10000).contains(rateHz) else {
             throw InstrumentError(.unsupported, device: name, "rate_hz = \(rateHz) is outside 1…10000")
         }
@@ -60,6 +75,20 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
         guard fields.count == 4, fields[1] == "DEMO-PSTAT" else {
             throw InstrumentError(.protocolViolation, device: name, "unexpected identity \"\(idn)\"; is this a demo potentiostat?")
         }
+        timeQuerySent = nil
+        if clockQueryNs > 0 {
+            for _ in 0..<Self.setupClockQueries {
+                let sent = sink.clock.now()
+                let (reply, received) = try commandTimed("TIME?", port, sink: sink, expect: { $0.hasPrefix("T ") })
+                var f = LineFields(Array(reply.utf8))
+                _ = f.next()
+                guard let us = f.nextInt(), f.atEnd else {
+                    throw InstrumentError(.protocolViolation, device: name, "TIME? answered \(reply.debugDescription); expected \"T <device_us>\"")
+                }
+                sink.clockExchange(hostBefore: sent, deviceTime: us * 1000, hostAfter: received)
+            }
+            lastTimeQuery = sink.clock.now()
+        }
         try expectOK(command("RATE \(rateHz)", port, sink: sink, expect: isReply), "RATE")
         try expectOK(command("CURRENT \(current)", port, sink: sink, expect: isReply), "CURRENT")
         try expectOK(command("START", port, sink: sink, expect: isReply), "START")
@@ -69,6 +98,17 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
 
     public func acquire(link: DeviceLink, sink: any RecordSink, budget: Duration) throws {
         guard case .byteStream(let port) = link else { return }
+        if clockQueryNs > 0 {
+            let now = sink.clock.now()
+            if let sent = timeQuerySent, now.nanoseconds - sent.nanoseconds > 2_000_000_000 {
+                timeQuerySent = nil  // unanswered: ask again at the next interval
+            }
+            if timeQuerySent == nil && now.nanoseconds - lastTimeQuery.nanoseconds >= clockQueryNs {
+                lastTimeQuery = now
+                timeQuerySent = sink.clock.now()
+                try port.write("TIME?\n", timeout: .seconds(1))
+            }
+        }
         let read = try readBuffer.withUnsafeMutableBytes { try port.read(into: $0, timeout: budget) }
         if read.count == 0 {
             let silent = read.hostTime.nanoseconds - lastData.nanoseconds
@@ -105,6 +145,11 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
     /// Sends one command and waits up to 2 s for a reply line accepted by `expect`; data lines that
     /// arrive meanwhile are decoded as usual, so nothing is lost during setup.
     private func command(_ text: String, _ port: any ByteStreamTransport, sink: any RecordSink, expect: (String) -> Bool) throws -> String {
+        try commandTimed(text, port, sink: sink, expect: expect).reply
+    }
+
+    /// `command`, also returning when the read that completed the reply returned.
+    private func commandTimed(_ text: String, _ port: any ByteStreamTransport, sink: any RecordSink, expect: (String) -> Bool) throws -> (reply: String, received: HostInstant) {
         try port.write(text + "\n", timeout: .seconds(1))
         let deadline = sink.clock.now().advanced(byNanoseconds: 2_000_000_000)
         while sink.clock.now() < deadline {
@@ -124,7 +169,7 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
                     line.append(byte)
                 }
             }
-            if let reply { return reply }
+            if let reply { return (reply, read.hostTime) }
         }
         throw InstrumentError(.replyTimedOut, device: name, "no reply to \"\(text)\" within 2 s; check the cable and that the device is powered")
     }
@@ -141,6 +186,7 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
                 sample[1] = i
                 sample[2] = cycle
                 sample.withUnsafeBytes { sink.push(stream: 0, hostTime: hostTime, deviceTime: us * 1000, payload: $0) }
+                sink.clockStamp(deviceTime: us * 1000, arrival: hostTime)
                 return
             }
         case UInt8(ascii: "S"):
@@ -149,6 +195,16 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
                 sink.event(Event(
                     kind: .stimulus, source: name, hostTime: hostTime, deviceTime: us * 1000,
                     message: "applied current \(i) A (\(reason))", values: ["current_a": .number(i), "reason": .string(reason)]))
+                return
+            }
+        case UInt8(ascii: "T"):
+            // The answer to a TIME? sent while streaming: a bracketed query of the device clock.
+            _ = fields.next()
+            if let us = fields.nextInt(), fields.atEnd {
+                if let sent = timeQuerySent {
+                    sink.clockExchange(hostBefore: sent, deviceTime: us * 1000, hostAfter: hostTime)
+                    timeQuerySent = nil
+                }
                 return
             }
         default:

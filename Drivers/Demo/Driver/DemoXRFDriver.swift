@@ -6,6 +6,11 @@ public final class DemoXRFDriver: Instrument, @unchecked Sendable {
     public static let driverName = "demo-xrf"
     public static let driverVersion = "1.0.0"
     public static let linkKind = LinkKind.packets
+    /// Spectrum packets carry the detector clock in whole microseconds.
+    public static let clockResolutionNs = 1000.0
+    /// The demo detector is simulated in the daemon's process: its packets reach the driver
+    /// within about 40 µs of being stamped.
+    public static let oneWayLatencyMaxNs: Int64 = 100_000
 
     public let name: String
     public let channels: Int
@@ -95,6 +100,7 @@ public final class DemoXRFDriver: Instrument, @unchecked Sendable {
                 return
             }
             let deviceMicroseconds = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            let liveMicroseconds = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self))
             let n = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)))
             guard n == channels, count == Self.headerBytes + 4 * n else {
                 alarm("a spectrum packet of \(count) bytes claiming \(n) channels (expected \(channels))", hostTime, sink)
@@ -103,6 +109,9 @@ public final class DemoXRFDriver: Instrument, @unchecked Sendable {
             // Counts are little-endian u32 on the wire and on disk: pushed as they are.
             sink.push(stream: 0, hostTime: hostTime, deviceTime: Int64(deviceMicroseconds) * 1000,
                       payload: UnsafeRawBufferPointer(rebasing: p[Self.headerBytes..<count]))
+            // The detector sends the spectrum when the acquisition ends: that instant, on its
+            // clock, is what the arrival time bounds.
+            sink.clockStamp(deviceTime: (Int64(deviceMicroseconds) + Int64(liveMicroseconds)) * 1000, arrival: hostTime)
         }
     }
 

@@ -9,9 +9,8 @@ public final class DemoPotentiostatSimulator: @unchecked Sendable {
     public let firmware = "1.2.0"
     private let cell: VirtualCell
     private let clock: any HostClock
-    /// The device clock runs `drift` fast relative to the host and started `offset` ago.
-    private let driftPPM: Double
-    private let epoch: HostInstant
+    /// The potentiostat's own clock (stamps in data lines and `TIME?` replies).
+    public let deviceClock: SimulatedDeviceClock
     private var noise: NoiseSource
 
     private var rateHz = 10.0
@@ -22,21 +21,22 @@ public final class DemoPotentiostatSimulator: @unchecked Sendable {
     private var lastAdvance: HostInstant
     private var input: [UInt8] = []
 
-    public init(cell: VirtualCell, clock: any HostClock, serialNumber: String = "PS-0001", driftPPM: Double = 25, seed: UInt64 = 1) {
+    public init(
+        cell: VirtualCell, clock: any HostClock, serialNumber: String = "PS-0001",
+        deviceClock: SimulatedDeviceClock = SimulatedDeviceClock(driftPPM: 25, offsetNs: 1_234_567_000_000), seed: UInt64 = 1
+    ) {
         self.cell = cell
         self.clock = clock
         self.serialNumber = serialNumber
-        self.driftPPM = driftPPM
+        self.deviceClock = deviceClock
         let now = clock.now()
-        epoch = now.advanced(byNanoseconds: -1_234_567_000)
         nextSample = now
         lastAdvance = now
         noise = NoiseSource(seed: seed)
     }
 
-    private func deviceMicroseconds(_ t: HostInstant) -> Int64 {
-        Int64(Double(t.nanoseconds - epoch.nanoseconds) * (1 + driftPPM * 1e-6) / 1000)
-    }
+    /// The device clock at `t` in whole µs (what the device prints).
+    private func deviceMicroseconds(_ t: HostInstant) -> Int64 { deviceClock.deviceNanoseconds(at: t) / 1000 }
 
     /// Serves the device end of `link` until `shouldStop` returns true or the link goes away.
     public func serve(_ link: any ByteStreamTransport, shouldStop: () -> Bool) {
@@ -69,6 +69,7 @@ public final class DemoPotentiostatSimulator: @unchecked Sendable {
         let parts = line.split(separator: " ")
         switch parts.first.map(String.init) {
         case "*IDN?": return "OPERANDO,DEMO-PSTAT,\(serialNumber),\(firmware)"
+        case "TIME?": return "T \(deviceMicroseconds(clock.now()))"
         case "RATE":
             guard parts.count == 2, let hz = Double(parts[1]), hz >= 1, hz <= 10000 else { return "ERR RATE wants 1..10000 Hz" }
             rateHz = hz

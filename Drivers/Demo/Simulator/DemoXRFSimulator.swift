@@ -7,7 +7,8 @@ public final class DemoXRFSimulator: @unchecked Sendable {
     public let serialNumber: String
     private let cell: VirtualCell
     private let clock: any HostClock
-    private let epoch: HostInstant
+    /// The detector's own clock (stamps in the spectrum packets).
+    public let deviceClock: SimulatedDeviceClock
     private var noise: NoiseSource
     private var channels = 2048
     private var interval: Duration = .milliseconds(500)
@@ -15,11 +16,14 @@ public final class DemoXRFSimulator: @unchecked Sendable {
     private var sequence: UInt32 = 0
     private var acquisitionStart: HostInstant
 
-    public init(cell: VirtualCell, clock: any HostClock, serialNumber: String = "XRF-0001", seed: UInt64 = 2) {
+    public init(
+        cell: VirtualCell, clock: any HostClock, serialNumber: String = "XRF-0001",
+        deviceClock: SimulatedDeviceClock = SimulatedDeviceClock(driftPPM: -40, offsetNs: 987_654_000_000), seed: UInt64 = 2
+    ) {
         self.cell = cell
         self.clock = clock
         self.serialNumber = serialNumber
-        epoch = clock.now().advanced(byNanoseconds: -987_654_000)
+        self.deviceClock = deviceClock
         acquisitionStart = clock.now()
         noise = NoiseSource(seed: seed)
     }
@@ -71,9 +75,7 @@ public final class DemoXRFSimulator: @unchecked Sendable {
     /// Expected counts per channel for the cell's state of charge.
     private func spectrum() -> [UInt8] {
         let start = acquisitionStart
-        let now = clock.now()
-        acquisitionStart = now
-        let liveSeconds = now.seconds(since: start)
+        let liveSeconds = clock.now().seconds(since: start)
         let soc = cell.snapshot.stateOfCharge
         // (energy keV, counts per second, shift keV per unit SOC)
         let lines: [(Double, Double, Double)] = [
@@ -87,8 +89,8 @@ public final class DemoXRFSimulator: @unchecked Sendable {
         packet += Array("SPEC".utf8)
         func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { packet += $0 } }
         put(sequence)
-        put(UInt64(max(0, start.nanoseconds - epoch.nanoseconds) / 1000))
-        put(UInt32(liveSeconds * 1000))
+        put(UInt64(0))  // start and live time: filled in when the packet is complete
+        put(UInt32(0))
         put(UInt32(channels))
         for ch in 0..<channels {
             let e = Double(ch) * 0.01
@@ -100,6 +102,13 @@ public final class DemoXRFSimulator: @unchecked Sendable {
             put(noise.poisson(rate * liveSeconds))
         }
         sequence &+= 1
+        // The acquisition ends as the packet leaves (the next one starts there): start and live
+        // time on the detector's clock, µs.
+        let end = clock.now()
+        acquisitionStart = end
+        let startDevice = deviceClock.deviceNanoseconds(at: start)
+        withUnsafeBytes(of: UInt64(max(0, startDevice) / 1000).littleEndian) { packet.replaceSubrange(8..<16, with: $0) }
+        withUnsafeBytes(of: UInt32((deviceClock.deviceNanoseconds(at: end) - startDevice) / 1000).littleEndian) { packet.replaceSubrange(16..<20, with: $0) }
         return packet
     }
 }

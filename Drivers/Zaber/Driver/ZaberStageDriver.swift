@@ -106,11 +106,12 @@ public final class ZaberStageDriver: Instrument, @unchecked Sendable {
         }
         switch command.name {
         case "home":
-            let sent = sink.clock.now()
-            let reply = try request(port, sink, axis: axis, "home")
+            let (reply, sent, received) = try requestTimed(port, sink, axis: axis, "home")
             try expectOK(reply, "home")
             markMoving(axis)
-            sink.event(Event(kind: .stimulus, source: name, hostTime: sent, message: "home axis \(axis == 0 ? "all" : String(axis))", values: ["axis": .integer(Int64(axis)), "command": .string("home")]))
+            // The stage acted on the command between sending it and its reply.
+            let at = HostInstant.bracketMidpoint(sent: sent, received: received)
+            sink.event(Event(kind: .stimulus, source: name, hostTime: at.instant, uncertaintyNs: at.uncertaintyNs, message: "home axis \(axis == 0 ? "all" : String(axis))", values: ["axis": .integer(Int64(axis)), "command": .string("home")]))
             return ["axis": .integer(Int64(axis)), "busy": .bool(reply.busy)]
         case "move":
             guard axis > 0 || axes == 1 else { throw InstrumentError(.rejected, device: name, "say which axis to move (1…\(axes))") }
@@ -121,19 +122,20 @@ public final class ZaberStageDriver: Instrument, @unchecked Sendable {
             let relative = command.arguments["relative"] == .bool(true)
             let microsteps = Int64((micrometres / microstepMicrometres).rounded())
             let text = "move \(relative ? "rel" : "abs") \(microsteps)"
-            let sent = sink.clock.now()
-            let reply = try request(port, sink, axis: a, text)
+            let (reply, sent, received) = try requestTimed(port, sink, axis: a, text)
             try expectOK(reply, text)
             markMoving(a)
+            let at = HostInstant.bracketMidpoint(sent: sent, received: received)
             sink.event(Event(
-                kind: .stimulus, source: name, hostTime: sent,
+                kind: .stimulus, source: name, hostTime: at.instant, uncertaintyNs: at.uncertaintyNs,
                 message: "move axis \(a) \(relative ? "by" : "to") \(micrometres) µm (\(microsteps) microsteps)",
                 values: ["axis": .integer(Int64(a)), "command": .string(relative ? "move rel" : "move abs"), "target_um": .number(micrometres), "microsteps": .integer(microsteps)]))
             return ["axis": .integer(Int64(a)), "microsteps": .integer(microsteps), "target_um": .number(micrometres)]
         case "stop":
-            let sent = sink.clock.now()
-            try expectOK(request(port, sink, axis: axis, "stop"), "stop")
-            sink.event(Event(kind: .stimulus, source: name, hostTime: sent, message: "stop axis \(axis == 0 ? "all" : String(axis))", values: ["axis": .integer(Int64(axis)), "command": .string("stop")]))
+            let (reply, sent, received) = try requestTimed(port, sink, axis: axis, "stop")
+            try expectOK(reply, "stop")
+            let at = HostInstant.bracketMidpoint(sent: sent, received: received)
+            sink.event(Event(kind: .stimulus, source: name, hostTime: at.instant, uncertaintyNs: at.uncertaintyNs, message: "stop axis \(axis == 0 ? "all" : String(axis))", values: ["axis": .integer(Int64(axis)), "command": .string("stop")]))
             return ["axis": .integer(Int64(axis))]
         default:
             throw InstrumentError(.unsupported, device: name, "no command \"\(command.name)\"; the Zaber driver knows home, move, stop")
@@ -143,8 +145,7 @@ public final class ZaberStageDriver: Instrument, @unchecked Sendable {
     // MARK: Polling
 
     private func poll(_ port: any ByteStreamTransport, _ sink: any RecordSink) throws {
-        let sent = sink.clock.now()
-        let (pos, received) = try requestTimed(port, sink, axis: 0, "get pos")
+        let (pos, sent, received) = try requestTimed(port, sink, axis: 0, "get pos")
         try expectOK(pos, "get pos")
         let positions = pos.data.split(separator: " ").compactMap { Double($0) }
         guard positions.count >= axes else {
@@ -161,7 +162,7 @@ public final class ZaberStageDriver: Instrument, @unchecked Sendable {
             sample[2 * a + 1] = a < encoders.count ? encoders[a] * microstepMicrometres : .nan
         }
         // The device read its position somewhere between sending and receiving: stamp the middle.
-        let stamp = HostInstant(nanoseconds: sent.nanoseconds + (received.nanoseconds - sent.nanoseconds) / 2)
+        let stamp = HostInstant.bracketMidpoint(sent: sent, received: received).instant
         sample.withUnsafeBytes { sink.push(stream: 0, hostTime: stamp, deviceTime: nil, payload: $0) }
         if !pos.busy && moving.contains(true) {
             for a in moving.indices where moving[a] { finished(axis: a, at: received, sink) }
@@ -274,13 +275,17 @@ public final class ZaberStageDriver: Instrument, @unchecked Sendable {
     }
 
     private func request(_ port: any ByteStreamTransport, _ sink: any RecordSink, axis: Int, _ text: String) throws -> ZaberProtocol.Reply {
-        try requestTimed(port, sink, axis: axis, text).0
+        try requestTimed(port, sink, axis: axis, text).reply
     }
 
     /// Sends a command with a fresh message id and waits up to 1 s for its reply (joining
     /// continuation packets). Alerts and other traffic on the way are handled, not lost.
-    private func requestTimed(_ port: any ByteStreamTransport, _ sink: any RecordSink, axis: Int, _ text: String) throws -> (ZaberProtocol.Reply, HostInstant) {
+    ///
+    /// Every answered request is a round trip of the transport: reported to the sink, whose
+    /// spread is the uncertainty of this stage's host stamps (the stage has no clock).
+    private func requestTimed(_ port: any ByteStreamTransport, _ sink: any RecordSink, axis: Int, _ text: String) throws -> (reply: ZaberProtocol.Reply, sent: HostInstant, received: HostInstant) {
         let id = nextID
+        let sent = sink.clock.now()
         nextID = nextID % 99 + 1
         try ZaberProtocol.command(device: address, axis: axis, id: id, text).withUnsafeBytes { try port.write($0, timeout: .seconds(1)) }
         let deadline = sink.clock.now().advanced(byNanoseconds: 1_000_000_000)
@@ -299,7 +304,10 @@ public final class ZaberStageDriver: Instrument, @unchecked Sendable {
                     noteWarning(r.warning, at: item.hostTime, sink)
                     reply = r
                     replyTime = item.hostTime
-                    if !r.continues { return (r, replyTime) }
+                    if !r.continues {
+                        sink.roundTrip(sent: sent, received: replyTime)
+                        return (r, sent, replyTime)
+                    }
                 case .info(let info) where info.device == address && info.id == id && reply != nil && info.text.hasPrefix("cont"):
                     var text = String(info.text.dropFirst(4)).trimmingLeadingSpace()
                     let more = text.hasSuffix("\\")
@@ -307,7 +315,8 @@ public final class ZaberStageDriver: Instrument, @unchecked Sendable {
                     reply!.data += (reply!.data.isEmpty ? "" : " ") + text
                     if !more {
                         reply!.continues = false
-                        return (reply!, replyTime)
+                        sink.roundTrip(sent: sent, received: replyTime)
+                        return (reply!, sent, replyTime)
                     }
                 default:
                     unsolicited(item, sink)
