@@ -132,6 +132,6 @@ let package = Package(
         .target(
             name: "OperandoTestSupport", dependencies: ["OperandoCore", "OperandoStore", "OperandoControl", "OperandoIO"],
             path: "Tests/OperandoTestSupport"),
-        .testTarget(name: "IntegrationTests", dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTimeline", "OperandoTestSupport"]),
     ]
 )

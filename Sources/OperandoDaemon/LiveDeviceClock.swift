@@ -17,7 +17,7 @@ final class LiveDeviceClock: @unchecked Sendable {
     private var stamps: UInt64 = 0
     private var roundTrips: UInt64 = 0
     private var latest: (device: Int64, arrival: HostInstant)?
-    private var lastPublished = Int64.min
+    private var lastPublished: Int64?
     private let published = Mutex(DeviceClockInfo(model: "none", observations: 0, segments: 0, offsetNs: nil, driftPPM: nil, uncertaintyNs: nil))
 
     init(parameters: DeviceClockParameters) {
@@ -72,7 +72,7 @@ final class LiveDeviceClock: @unchecked Sendable {
 
     /// Publishes at most every 200 ms (the device thread must not take a lock per observation).
     private func publish(at now: HostInstant, force: Bool) {
-        guard force || now.nanoseconds &- lastPublished >= 200_000_000 else { return }
+        if !force, let last = lastPublished, now.nanoseconds - last < 200_000_000 { return }
         lastPublished = now.nanoseconds
         let model = self.model
         var info = DeviceClockInfo(model: model, observations: exchanges + stamps + roundTrips, segments: 0, offsetNs: nil, driftPPM: nil, uncertaintyNs: nil)
