@@ -21,6 +21,7 @@
 #include "coperando_modem_shim.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -33,6 +34,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Linux values (asm-generic/termios.h); glibc's <sys/ioctl.h> stops at TIOCM_DSR. */
@@ -59,6 +61,7 @@ static pthread_once_t resolve_once = PTHREAD_ONCE_INIT;
 static const int output_bits = TIOCM_DTR | TIOCM_RTS | TIOCM_OUT1 | TIOCM_OUT2 | TIOCM_LOOP;
 static int default_inputs = TIOCM_CTS | TIOCM_DSR | TIOCM_CAR;
 static int debug_enabled;
+static int log_fd = -1; /* OPERANDO_MODEM_SHIM_LOG: one line per emulated change of the outputs */
 static atomic_ulong emulated_count;
 
 static void parse_inputs(const char *spec) {
@@ -88,6 +91,11 @@ static void resolve(void) {
     if (inputs) parse_inputs(inputs);
     const char *debug = getenv("OPERANDO_MODEM_SHIM_DEBUG");
     debug_enabled = debug && *debug && strcmp(debug, "0") != 0;
+    const char *log = getenv("OPERANDO_MODEM_SHIM_LOG");
+    if (log && *log) {
+        log_fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (log_fd < 0) dprintf(STDERR_FILENO, "operando-modem-shim: cannot open OPERANDO_MODEM_SHIM_LOG %s: %s\n", log, strerror(errno));
+    }
 }
 
 /* ---- per-descriptor state --------------------------------------------------------------- */
@@ -198,6 +206,15 @@ static int emulate(int fd, unsigned long request, void *argument, int saved_errn
     }
     if (request == TIOCMGET) *word = bits;
     atomic_fetch_add_explicit(&emulated_count, 1, memory_order_relaxed); /* a counter only */
+    if (log_fd >= 0 && request != TIOCMGET) {
+        /* When the lines changed, on the clock operandod stamps with: a test compares them. */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC_RAW, &now);
+        char line[128];
+        int n = snprintf(line, sizeof line, "%lld %d %s 0x%x 0x%x\n", (long long)now.tv_sec * 1000000000LL + now.tv_nsec, fd,
+                         request_name(request), *word, bits);
+        if (n > 0) (void)!write(log_fd, line, (size_t)n); /* O_APPEND: one write per line */
+    }
     if (debug_enabled)
         dprintf(STDERR_FILENO, "operando-modem-shim: fd %d %s 0x%x -> bits 0x%x\n", fd,
                 request_name(request), request == TIOCMGET ? 0 : *word, bits);

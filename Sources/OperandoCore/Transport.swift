@@ -89,3 +89,19 @@ public enum LinkKind: String, Sendable, Codable {
     case byteStream = "byte-stream"
     case packets
 }
+
+/// A serial port's output control lines, usable as trigger outputs.
+public enum ModemLine: String, Sendable, CaseIterable, CustomStringConvertible {
+    case dtr, rts
+    public var description: String { rawValue.uppercased() }
+}
+
+/// A transport whose modem control lines the host drives (a serial port). Each change is an
+/// edge another instrument can trigger on. "Asserted" is the line's active state: +V on an
+/// RS-232 connector, but LOW on the DTR#/RTS# pins of TTL-level USB cables (FTDI and alike),
+/// which are active-low.
+public protocol ModemLineControl: AnyObject {
+    /// Asserts or releases `line`; returns when the driver has changed it. Throws when the port
+    /// has no such line (a pseudo-terminal) or is closed.
+    func setModemLine(_ line: ModemLine, asserted: Bool) throws
+}

@@ -129,9 +129,9 @@ public final class Daemon: @unchecked Sendable {
             case "tail": result = try JSONValue(encoding: tail(args))
             case "sim.unplug", "sim.replug": result = try simulatedCable(args, plug: request.cmd == "sim.replug")
             case "ports": result = try JSONValue(encoding: ports())
-            case "move", "home": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
+            case "move", "home", "trigger": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
             default:
-                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, mark, tail, move, home, sim.unplug, sim.replug")
+                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, mark, tail, move, home, trigger, sim.unplug, sim.replug")
             }
             return .success(id: request.id, result)
         } catch let error as ControlError {
@@ -362,7 +362,8 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    /// `move` (args: device, axis, position, unit "mm"/"um", relative) and `home` (device, axis).
+    /// `move` (args: device, axis, position, unit "mm"/"um", relative), `home` (device, axis) and
+    /// `trigger` (device, line "dtr"/"rts", then `asserted` true/false or `pulse_ms`).
     func deviceCommand(_ name: String, _ args: [String: JSONValue]) throws -> DeviceCommandResult {
         let device = try string(args, "device")!
         guard let runner = runners.first(where: { $0.config.name == device }) else {
@@ -386,6 +387,21 @@ public final class Daemon: @unchecked Sendable {
             }
             arguments["position_um"] = .number(position * scale)
             if args["relative"] == .bool(true) { arguments["relative"] = .bool(true) }
+        }
+        if name == "trigger" {
+            let line = try string(args, "line", required: false) ?? "dtr"
+            guard ModemLine(rawValue: line) != nil else { throw ControlError(.badArguments, "\"line\" must be \"dtr\" or \"rts\", got \"\(line)\"") }
+            arguments["line"] = .string(line)
+            switch args["asserted"] {
+            case nil, .null?: break
+            case .bool(let b)?: arguments["asserted"] = .bool(b)
+            case let other?: throw ControlError(.badArguments, "\"asserted\" must be true or false, got \(other)")
+            }
+            switch args["pulse_ms"] {
+            case nil, .null?: break
+            case .number(let ms)? where ms >= 0.1 && ms <= 10_000: arguments["pulse_ms"] = .number(ms)
+            case let other?: throw ControlError(.badArguments, "\"pulse_ms\" must be a number of milliseconds in 0.1…10000, got \(other)")
+            }
         }
         let values = try runner.perform(DeviceCommand(device: device, name: name, arguments: arguments))
         logger.info("\(name) on \(device): \(values)")

@@ -85,11 +85,47 @@ final class DeviceRunner: @unchecked Sendable {
     private func runCommands() {
         for (command, done) in takeCommands() {
             do {
-                done.fulfil(.success(try driver.perform(command, link: link, sink: sink)))
+                done.fulfil(.success(command.name == "trigger" ? try trigger(command) : try driver.perform(command, link: link, sink: sink)))
             } catch {
                 done.fulfil(.failure(error))
             }
         }
+    }
+
+    /// `trigger`: edges on the serial port's DTR or RTS line, each recorded as a stimulus at the
+    /// middle of the bracket around the driver call, with half the bracket as uncertainty.
+    /// Arguments: `line` ("dtr"/"rts"), then either `level` (asserted: Bool, one edge) or
+    /// `pulse_ms` (assert, hold, release).
+    private func trigger(_ command: DeviceCommand) throws -> [String: EventValue] {
+        guard case .byteStream(let port) = link, let lines = port as? any ModemLineControl else {
+            throw InstrumentError(.unsupported, device: config.name, "\(config.name) is not on a serial port (\(link.endpoint)); DTR/RTS trigger outputs need one")
+        }
+        guard case .string(let name)? = command.arguments["line"], let line = ModemLine(rawValue: name) else {
+            throw InstrumentError(.rejected, device: config.name, "trigger needs line = \"dtr\" or \"rts\"")
+        }
+        var edges: [EventValue] = []
+        func edge(_ asserted: Bool) throws {
+            let before = clock.now()
+            try lines.setModemLine(line, asserted: asserted)
+            let at = HostInstant.bracketMidpoint(sent: before, received: clock.now())
+            let what = asserted ? "asserted" : "released"
+            sink.event(Event(
+                kind: .stimulus, source: config.name, hostTime: at.instant, uncertaintyNs: at.uncertaintyNs,
+                message: "trigger: \(line) \(what)", values: ["line": .string(line.rawValue), "edge": .string(what), "command": .string("trigger")]))
+            edges.append(.integer(at.instant.nanoseconds))
+        }
+        if case .bool(let asserted)? = command.arguments["asserted"] {
+            try edge(asserted)
+        } else {
+            let ms = command.arguments["pulse_ms"]?.doubleValue ?? 10
+            guard ms >= 0.1 && ms <= 10_000 else {
+                throw InstrumentError(.rejected, device: config.name, "pulse_ms = \(ms) is outside 0.1…10000")
+            }
+            try edge(true)
+            ThreadSleep.sleep(.nanoseconds(Int64(ms * 1e6)))
+            try edge(false)
+        }
+        return ["line": .string(line.rawValue), "edges": .integer(Int64(edges.count)), "first_edge_ns": edges[0]]
     }
 
     private func refuseCommands(_ why: String) {

@@ -111,7 +111,7 @@ public enum SerialPorts {
 ///
 /// Reads return as soon as any byte arrives, stamped with the host time at that moment. A port
 /// whose device node disappears, or whose read fails, reports `.disconnected`.
-public final class SerialPortTransport: ByteStreamTransport, @unchecked Sendable {
+public final class SerialPortTransport: ByteStreamTransport, ModemLineControl, @unchecked Sendable {
     public let match: SerialPortMatch
     public let settings: SerialSettings
     private let clock: any HostClock
@@ -275,6 +275,23 @@ public final class SerialPortTransport: ByteStreamTransport, @unchecked Sendable
         case .termios(let fd): fd.close()
         }
         mode = .closed
+    }
+
+    public func setModemLine(_ line: ModemLine, asserted: Bool) throws {
+        switch mode {
+        case .closed:
+            throw InstrumentError(.disconnected, device: endpoint, "the port is closed; \(line) cannot be driven")
+        case .termios:
+            throw InstrumentError(.unsupported, device: endpoint, "\(path) is a pseudo-terminal, which has no modem lines; \(line) triggers need a real serial port")
+        case .libserialport(let port):
+            if line == .rts && settings.flowControl == .rtscts {
+                throw InstrumentError(.unsupported, device: endpoint, "RTS is driven by RTS/CTS flow control on this port; use DTR, or set flow_control = \"none\"")
+            }
+            let rc = line == .dtr ? sp_set_dtr(port, asserted ? SP_DTR_ON : SP_DTR_OFF) : sp_set_rts(port, asserted ? SP_RTS_ON : SP_RTS_OFF)
+            guard rc == SP_OK else {
+                throw lost("cannot set \(line): the port went away", SerialPortError.last(path, line == .dtr ? "sp_set_dtr" : "sp_set_rts", rc))
+            }
+        }
     }
 
     private func lost(_ detail: String, _ underlying: (any Error & Sendable)? = nil) -> InstrumentError {

@@ -105,7 +105,7 @@ struct OperandoCtl: ParsableCommand {
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
         usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
-        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Refit.self, Align.self, Sim.self])
+        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Refit.self, Align.self, Sim.self])
 
     /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
     /// command; they are moved behind it, where every command's option group reads them.
@@ -337,6 +337,32 @@ struct Tail: ParsableCommand {
             after = result.next ?? after
             if follow { Thread.sleep(forTimeInterval: 0.2) }
         } while follow
+    }
+}
+
+struct Trigger: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Drive a trigger edge on a device's serial port (DTR or RTS); every edge is recorded as a stimulus with its time and uncertainty.",
+        discussion: "Asserted is the line's active state: +V on RS-232, LOW on the DTR#/RTS# pins of TTL-level USB cables (active-low).")
+    @OptionGroup var global: Global
+    @Argument(help: "Device name (a device on a serial port).") var device: String
+    @Option(name: .long, help: "dtr or rts.") var line = "dtr"
+    @Option(name: .long, help: "Assert, hold this long (ms), release: two edges.") var pulseMs: Double?
+    @Flag(name: .long, help: "Assert the line and leave it (one edge).") var assert = false
+    @Flag(name: .long, help: "Release the line and leave it (one edge).") var release = false
+
+    func validate() throws {
+        if assert && release { throw ValidationError("--assert and --release exclude each other") }
+        if (assert || release) && pulseMs != nil { throw ValidationError("--pulse-ms makes two edges; leave out --assert/--release") }
+    }
+
+    func run() throws {
+        var args: [String: JSONValue] = ["device": .string(device), "line": .string(line)]
+        if assert || release { args["asserted"] = .bool(assert) }
+        if let pulseMs { args["pulse_ms"] = .number(pulseMs) }
+        try global.output(global.call("trigger", args), as: DeviceCommandResult.self) { r in
+            "\(r.device): \(line.uppercased()) \(r.values["edges"].map { "\($0)" } ?? "?") edge(s), recorded\n"
+        }
     }
 }
 

@@ -108,7 +108,10 @@ final class TimelineTests: XCTestCase {
             let error = Double(row.startNs) - Self.truth(Self.xrf, device: device)
             XCTAssertLessThanOrEqual(abs(error), Double(u), "spectrum \(row.sequence): start \(error) ns off, stated ±\(u) ns")
             XCTAssertLessThan(u, 1_000_000, "spectrum \(row.sequence): uncertainty \(u) ns")
-            XCTAssertTrue((15...25).contains(row.samples), "spectrum \(row.sequence): \(row.samples) potentiostat samples in 100 ms at 200 Hz")
+            // (The first spectrum began before the run, when no samples were being recorded yet.)
+            if row.sequence != table.rows[0].sequence {
+                XCTAssertTrue((15...25).contains(row.samples), "spectrum \(row.sequence): \(row.samples) potentiostat samples in 100 ms at 200 Hz")
+            }
             let e = try XCTUnwrap(row.fields[0].mean)
             XCTAssertTrue((2.9...4.3).contains(e), "E \(e)")
         }
@@ -127,6 +130,9 @@ final class TimelineTests: XCTestCase {
         XCTAssertFalse(disk.stream("stage/clock").isEmpty, "the stage's round trips are stored")
 
         // Bad requests are refused with what to do.
+        let trigger = try d.ctl(["trigger", "pstat"])
+        XCTAssertNotEqual(trigger.status, 0)
+        XCTAssertTrue(trigger.err.contains("not on a serial port"), trigger.err)
         let missing = try d.ctl(["align", "nope", "--response", "xrf/spectrum", "--stimulus", "pstat"])
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.err.contains("no run \"nope\""), missing.err)

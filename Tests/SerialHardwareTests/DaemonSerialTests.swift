@@ -138,6 +138,42 @@ final class DaemonSerialTests: XCTestCase {
         XCTAssertEqual(try s.harness.control("status").isEmpty, false)
     }
 
+    /// DTR and RTS as trigger outputs, through libserialport on the emulated bridge: every edge
+    /// is a stimulus event whose time brackets the moment the line really changed (the modem
+    /// shim logs each change on CLOCK_MONOTONIC_RAW).
+    func testTriggerEdges_onDTRAndRTS_areRecordedAtTheMomentTheLinesChange() throws {
+        let log = try UmockdevHarness.makeTemporaryDirectory(prefix: "odmodem") + "/modem.log"
+        setenv("OPERANDO_MODEM_SHIM_LOG", log, 1)
+        defer { unsetenv("OPERANDO_MODEM_SHIM_LOG") }
+        let s = try start(transport: "serial:usb:0403:6001:ZB0001")
+        defer { s.harness.stop(); try? FileManager.default.removeItem(atPath: s.directory) }
+        let c = s.client
+        let run = try c.json(RunInfo.self, ["run", "start", "triggers"])
+        let pulse = try c.json(DeviceCommandResult.self, ["trigger", "stage", "--line", "dtr", "--pulse-ms", "20"])
+        XCTAssertEqual(pulse.values["edges"], .number(2))
+        XCTAssertEqual(try c.ctl(["trigger", "stage", "--line", "rts", "--release"]).status, 0)
+        let bad = try c.ctl(["trigger", "stage", "--line", "cts"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.err.contains("\"dtr\" or \"rts\""), bad.err)
+        _ = try c.json(RunStopResult.self, ["run", "stop"])
+
+        let edges = try RunOnDisk(directory: run.directory).events.filter { $0.kind == .stimulus && $0.values["command"] == .string("trigger") }
+        XCTAssertEqual(edges.map(\.message), ["trigger: DTR asserted", "trigger: DTR released", "trigger: RTS released"])
+        // "<ns> <fd> <request> 0x<argument> 0x<bits>" per change the shim answered.
+        let changes = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map { $0.split(separator: " ") }
+        for edge in edges {
+            let u = try XCTUnwrap(edge.uncertaintyNs, edge.message)
+            let bit = edge.values["line"] == .string("dtr") ? 0x002 : 0x004
+            let request = edge.values["edge"] == .string("asserted") ? "TIOCMBIS" : "TIOCMBIC"
+            let matching = changes.filter { $0.count == 5 && $0[2] == request && (Int($0[3].dropFirst(2), radix: 16) ?? 0) & bit != 0 }.compactMap { Int64($0[0]) }
+            XCTAssertTrue(
+                matching.contains { abs($0 - edge.hostTime.nanoseconds) <= u },
+                "\(edge.message) at \(edge.hostTime.nanoseconds) ± \(u) ns; the line changed at \(matching)")
+        }
+        // The pulse lasted at least the 20 ms asked for.
+        XCTAssertGreaterThanOrEqual(edges[1].hostTime.nanoseconds - edges[0].hostTime.nanoseconds, 20_000_000)
+    }
+
     func testTransportByPath_bySerialNumber_andByUSBPort_findTheSamePort() throws {
         for transport in ["serial:/dev/ttyUSB0", "serial:serial=ZB0001", "serial:port=1-1"] {
             let s = try start(transport: transport)

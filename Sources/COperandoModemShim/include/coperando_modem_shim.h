@@ -24,6 +24,9 @@
  * The environment variable OPERANDO_MODEM_SHIM_INPUTS, if set when the first modem ioctl is
  * emulated, overrides the asserted inputs: a comma-separated list of CTS, DSR, CD (or CAR),
  * RI (or RNG), or "none". OPERANDO_MODEM_SHIM_DEBUG=1 logs every emulated request to stderr.
+ * OPERANDO_MODEM_SHIM_LOG=PATH appends one line per emulated TIOCMSET / TIOCMBIS / TIOCMBIC to
+ * PATH: "<CLOCK_MONOTONIC_RAW ns> <fd> <request> 0x<argument> 0x<bits after>", so a test can see
+ * when a program changed DTR or RTS.
  *
  * Nothing in this header is needed to use the shim; it exists so that the target has a public
  * header and so that a test can ask a process whether the shim is loaded (look the symbol up
