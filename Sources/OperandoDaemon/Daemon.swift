@@ -363,7 +363,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// `move` (args: device, axis, position, unit "mm"/"um", relative), `home` (device, axis) and
-    /// `trigger` (device, line "dtr"/"rts", then `asserted` true/false or `pulse_ms`).
+    /// `trigger` (device, line "dtr"/"rts"/"gpioN", then `asserted` true/false or `pulse_ms`).
     func deviceCommand(_ name: String, _ args: [String: JSONValue]) throws -> DeviceCommandResult {
         let device = try string(args, "device")!
         guard let runner = runners.first(where: { $0.config.name == device }) else {
@@ -390,7 +390,9 @@ public final class Daemon: @unchecked Sendable {
         }
         if name == "trigger" {
             let line = try string(args, "line", required: false) ?? "dtr"
-            guard ModemLine(rawValue: line) != nil else { throw ControlError(.badArguments, "\"line\" must be \"dtr\" or \"rts\", got \"\(line)\"") }
+            guard ModemLine(rawValue: line) != nil || (line.hasPrefix("gpio") && Int(line.dropFirst(4)) != nil) else {
+                throw ControlError(.badArguments, "\"line\" must be \"dtr\" or \"rts\" (the serial port's lines) or \"gpioN\" (the instrument's own outputs), got \"\(line)\"")
+            }
             arguments["line"] = .string(line)
             switch args["asserted"] {
             case nil, .null?: break

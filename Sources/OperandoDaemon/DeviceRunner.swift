@@ -85,11 +85,17 @@ final class DeviceRunner: @unchecked Sendable {
     private func runCommands() {
         for (command, done) in takeCommands() {
             do {
-                done.fulfil(.success(command.name == "trigger" ? try trigger(command) : try driver.perform(command, link: link, sink: sink)))
+                done.fulfil(.success(try isSerialTrigger(command) ? trigger(command) : driver.perform(command, link: link, sink: sink)))
             } catch {
                 done.fulfil(.failure(error))
             }
         }
+    }
+
+    /// A `trigger` on DTR or RTS is the port's business; one on another line (a GPIO pin) is the driver's.
+    private func isSerialTrigger(_ command: DeviceCommand) -> Bool {
+        guard command.name == "trigger", case .string(let line)? = command.arguments["line"] else { return false }
+        return ModemLine(rawValue: line) != nil
     }
 
     /// `trigger`: edges on the serial port's DTR or RTS line, each recorded as a stimulus at the

@@ -342,11 +342,11 @@ struct Tail: ParsableCommand {
 
 struct Trigger: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Drive a trigger edge on a device's serial port (DTR or RTS); every edge is recorded as a stimulus with its time and uncertainty.",
-        discussion: "Asserted is the line's active state: +V on RS-232, LOW on the DTR#/RTS# pins of TTL-level USB cables (active-low).")
+        abstract: "Drive a trigger edge: a device's serial port line (DTR, RTS) or its own output (gpioN); every edge is recorded as a stimulus with its time and uncertainty.",
+        discussion: "Asserted is the line's active state: +V on RS-232, LOW on the DTR#/RTS# pins of TTL-level USB cables (active-low), high on a GPIO pin.")
     @OptionGroup var global: Global
     @Argument(help: "Device name (a device on a serial port).") var device: String
-    @Option(name: .long, help: "dtr or rts.") var line = "dtr"
+    @Option(name: .long, help: "dtr or rts (the serial port), or gpio0… (the instrument's outputs).") var line = "dtr"
     @Option(name: .long, help: "Assert, hold this long (ms), release: two edges.") var pulseMs: Double?
     @Flag(name: .long, help: "Assert the line and leave it (one edge).") var assert = false
     @Flag(name: .long, help: "Release the line and leave it (one edge).") var release = false

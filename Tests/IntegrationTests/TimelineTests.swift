@@ -57,6 +57,8 @@ final class TimelineTests: XCTestCase {
         let run = try d.json(RunInfo.self, ["run", "start", "drift"])
         try d.waitForStatus("12 s of spectra") { ($0.streams.first { $0.name == "xrf/spectrum" }?.written ?? 0) >= 120 }
         XCTAssertEqual(try d.ctl(["move", "stage", "--unit", "um", "250"]).status, 0)
+        let gpio = try d.ctl(["trigger", "pstat", "--line", "gpio2", "--pulse-ms", "50"])
+        XCTAssertEqual(gpio.status, 0, gpio.err)
 
         // Live: every device has its clock model, and the drifts have the right sign and size.
         let devices = try d.json([DeviceInfo].self, ["devices"])
@@ -128,6 +130,18 @@ final class TimelineTests: XCTestCase {
         let move = try XCTUnwrap(disk.events.first { $0.kind == .stimulus && $0.source == "stage" })
         XCTAssertNotNil(move.uncertaintyNs)
         XCTAssertFalse(disk.stream("stage/clock").isEmpty, "the stage's round trips are stored")
+        // The GPIO edges carry the potentiostat's clock, mapped live onto the host timeline.
+        let edges = disk.events.filter { $0.source == "pstat" && $0.values["command"] == .string("trigger") }
+        XCTAssertEqual(edges.map(\.message), ["trigger: GPIO2 high", "trigger: GPIO2 low"])
+        for edge in edges {
+            let u = try XCTUnwrap(edge.uncertaintyNs, edge.message)
+            let error = Double(edge.hostTime.nanoseconds) - Self.truth(Self.pstat, device: try XCTUnwrap(edge.deviceTime))
+            XCTAssertLessThanOrEqual(abs(error), Double(u), "\(edge.message): \(error) ns off, stated ±\(u) ns")
+        }
+        for edge in edges {
+            let row = try XCTUnwrap(table.rows.first { $0.startNs <= edge.hostTime.nanoseconds && edge.hostTime.nanoseconds < $0.endNs }, "no spectrum holds \(edge.message)")
+            XCTAssertGreaterThanOrEqual(row.stimulusEvents, 1, "spectrum \(row.sequence) holds \(edge.message)")
+        }
 
         // Bad requests are refused with what to do.
         let trigger = try d.ctl(["trigger", "pstat"])

@@ -155,6 +155,9 @@ final class DaemonSerialTests: XCTestCase {
         let bad = try c.ctl(["trigger", "stage", "--line", "cts"])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.err.contains("\"dtr\" or \"rts\""), bad.err)
+        let gpio = try c.ctl(["trigger", "stage", "--line", "gpio1"])
+        XCTAssertNotEqual(gpio.status, 0)
+        XCTAssertTrue(gpio.err.contains("no command \"trigger\""), gpio.err)
         _ = try c.json(RunStopResult.self, ["run", "stop"])
 
         let edges = try RunOnDisk(directory: run.directory).events.filter { $0.kind == .stimulus && $0.values["command"] == .string("trigger") }

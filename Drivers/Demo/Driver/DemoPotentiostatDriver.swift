@@ -129,6 +129,51 @@ public final class DemoPotentiostatDriver: Instrument, @unchecked Sendable {
         }
     }
 
+    /// `trigger` on a GPIO pin (`line` = "gpio0"…"gpio3"): `asserted` for one edge, or a pulse of
+    /// `pulse_ms` (default 10). The device answers each change with the device time of the edge,
+    /// so the stimulus is recorded on the device clock and mapped like its data.
+    public func perform(_ command: DeviceCommand, link: DeviceLink, sink: any RecordSink) throws -> [String: EventValue] {
+        guard case .byteStream(let port) = link else { throw InstrumentError(.unsupported, device: name, "no byte stream") }
+        guard command.name == "trigger" else {
+            throw InstrumentError(.unsupported, device: name, "the demo potentiostat has no command \"\(command.name)\"; it knows trigger (GPIO)")
+        }
+        guard case .string(let lineName)? = command.arguments["line"], lineName.hasPrefix("gpio"), let pin = Int(lineName.dropFirst(4)), (0...3).contains(pin) else {
+            throw InstrumentError(.rejected, device: name, "the demo potentiostat's trigger outputs are gpio0…gpio3")
+        }
+        var edges = 0
+        func edge(_ high: Bool) throws {
+            let (reply, received) = try commandTimed("GPIO \(pin) \(high ? 1 : 0)", port, sink: sink, expect: { $0.hasPrefix("OK") || $0.hasPrefix("ERR") })
+            guard reply.hasPrefix("OK "), let us = Int64(reply.dropFirst(3)) else {
+                throw InstrumentError(.rejected, device: name, "GPIO \(pin) was refused: \(reply)")
+            }
+            sink.event(Event(
+                kind: .stimulus, source: name, hostTime: received, deviceTime: us * 1000, message: "trigger: GPIO\(pin) \(high ? "high" : "low")",
+                values: ["line": .string(lineName), "edge": .string(high ? "asserted" : "released"), "command": .string("trigger")]))
+            edges += 1
+        }
+        if case .bool(let asserted)? = command.arguments["asserted"] {
+            try edge(asserted)
+        } else {
+            let ms = command.arguments["pulse_ms"]?.doubleValue ?? 10
+            try edge(true)
+            let until = sink.clock.now().advanced(byNanoseconds: Int64(ms * 1e6))
+            // Data keeps flowing while the pin is held: keep decoding it.
+            while sink.clock.now() < until {
+                let read = try readBuffer.withUnsafeMutableBytes { try port.read(into: $0, timeout: .milliseconds(max(1, Int(ms / 4)))) }
+                for i in 0..<read.count {
+                    if readBuffer[i] == UInt8(ascii: "\n") {
+                        handleLine(hostTime: read.hostTime, sink: sink)
+                        line.removeAll(keepingCapacity: true)
+                    } else if line.count < Self.maxLineBytes {
+                        line.append(readBuffer[i])
+                    }
+                }
+            }
+            try edge(false)
+        }
+        return ["line": .string(lineName), "edges": .integer(Int64(edges))]
+    }
+
     public func shutdown(link: DeviceLink) {
         guard case .byteStream(let port) = link else { return }
         try? port.write("STOP\n", timeout: .milliseconds(200))

@@ -70,6 +70,9 @@ public final class DemoPotentiostatSimulator: @unchecked Sendable {
         switch parts.first.map(String.init) {
         case "*IDN?": return "OPERANDO,DEMO-PSTAT,\(serialNumber),\(firmware)"
         case "TIME?": return "T \(deviceMicroseconds(clock.now()))"
+        case "GPIO":
+            guard parts.count == 3, let pin = Int(parts[1]), (0...3).contains(pin), parts[2] == "0" || parts[2] == "1" else { return "ERR GPIO wants a pin 0..3 and 0 or 1" }
+            return "OK \(deviceMicroseconds(clock.now()))"
         case "RATE":
             guard parts.count == 2, let hz = Double(parts[1]), hz >= 1, hz <= 10000 else { return "ERR RATE wants 1..10000 Hz" }
             rateHz = hz
