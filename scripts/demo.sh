@@ -26,7 +26,7 @@ for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
 [ -S "$socket" ] || { echo "operandod did not start; see $work/operandod.log" >&2; cat "$work/operandod.log" >&2; exit 1; }
 sleep 0.5
 
-echo; echo "==> operandoctl devices"; ctl devices
+echo; echo "==> operandoctl devices (CLOCK: each device's clock model, its uncertainty and drift)"; ctl devices
 echo; echo "==> operandoctl run start demo-cycle --meta cell=CR2032-NMC811 --meta electrolyte='1M LiPF6 EC:DMC'"
 ctl run start demo-cycle --meta cell=CR2032-NMC811 --meta "electrolyte=1M LiPF6 EC:DMC"
 half=$((seconds / 2))
@@ -36,6 +36,8 @@ sleep 2
 ctl move stage 2.5mm
 sleep "$((half > 2 ? half - 2 : 1))"
 echo; echo "==> operandoctl mark 'beam on sample'"; ctl mark "beam on sample"
+echo; echo "==> operandoctl trigger pstat --line gpio0 --pulse-ms 5 (a TTL edge on the potentiostat's GPIO, on its clock)"
+ctl trigger pstat --line gpio0 --pulse-ms 5
 sleep "$((seconds - half))"
 echo; echo "==> operandoctl status"; ctl status
 echo; echo "==> operandoctl tail pstat/ei (newest samples: E, I, cycle; I changes sign at the 4.2 V cutoff)"; ctl tail pstat/ei | tail -n 4
@@ -44,10 +46,17 @@ echo; echo "==> operandoctl tail stage/position (µm, as measured)"; ctl tail st
 echo; echo "==> operandoctl tail stage/events"; ctl tail stage/events
 echo; echo "==> operandoctl run stop"; ctl run stop
 echo; echo "==> operandoctl run list"; ctl run list
+run_dir=$(ls -d "$work"/runs/*-demo-cycle | tail -n 1)
+run=$(basename "$run_dir")
+echo; echo "==> operandoctl refit $run (every device clock refitted from the observations stored in the run)"; ctl refit "$run"
+echo; echo "==> operandoctl align $run --response xrf/spectrum --stimulus pstat (the stimulus during each spectrum; first rows)"
+ctl align "$run" --response xrf/spectrum --stimulus pstat >"$work/align.txt"
+head -n 8 "$work/align.txt"
+ctl align "$run" --response xrf/spectrum --stimulus pstat --csv >"$work/align.csv"
+echo "(all $(($(wc -l <"$work/align.csv") - 1)) spectra as CSV: $work/align.csv)"
 
 kill -TERM "$daemon"; wait "$daemon" || true
 trap - EXIT
-run_dir=$(ls -d "$work"/runs/*-demo-cycle | tail -n 1)
 echo
 echo "==> recorded into $run_dir"
 ls -l "$run_dir" "$run_dir/segments"

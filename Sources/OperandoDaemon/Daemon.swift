@@ -281,8 +281,15 @@ public final class Daemon: @unchecked Sendable {
         let root = dataDirectory + "/runs"
         let names = (try? FileSystem.list(root)) ?? []
         if names.contains(wanted), !wanted.contains("/"), wanted != "..", wanted != "." { return root + "/" + wanted }
-        for name in names {
-            if let m = try? RunManifest.load(root + "/" + name + "/run.json"), m.name == wanted || m.id == wanted { return root + "/" + name }
+        var byName: [String] = []
+        for name in names.sorted() {
+            guard let m = try? RunManifest.load(root + "/" + name + "/run.json") else { continue }
+            if m.id == wanted { return root + "/" + name }
+            if m.name == wanted { byName.append(name) }
+        }
+        if byName.count == 1 { return root + "/" + byName[0] }
+        if byName.count > 1 {
+            throw ControlError(.conflict, "\(byName.count) runs are named \"\(wanted)\" (\(byName.joined(separator: ", "))); give the directory name or the run id")
         }
         throw ControlError(.notFound, "no run \"\(wanted)\" in \(root); `operandoctl run list` shows the runs")
     }
