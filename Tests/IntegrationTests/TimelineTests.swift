@@ -79,8 +79,11 @@ final class TimelineTests: XCTestCase {
         XCTAssertEqual(fits["pstat"]?.model, "bracketed")
         XCTAssertEqual(fits["xrf"]?.model, "one-way")
         XCTAssertEqual(fits["stage"]?.model, "host-stamped")
-        XCTAssertEqual(try XCTUnwrap(fits["pstat"]?.driftPPM), 100, accuracy: 5)
-        XCTAssertEqual(try XCTUnwrap(fits["xrf"]?.driftPPM), -80, accuracy: 5)
+        // Over 12 s, a drift is known to about (bracket or delay spread) / span: ~100 µs / 12 s ≈
+        // 8 ppm for the potentiostat's brackets. What matters, the mapped times, is checked below
+        // against each timestamp's own stated uncertainty.
+        XCTAssertEqual(try XCTUnwrap(fits["pstat"]?.driftPPM), 100, accuracy: 15)
+        XCTAssertEqual(try XCTUnwrap(fits["xrf"]?.driftPPM), -80, accuracy: 15)
 
         // Every potentiostat sample on disk maps to its true instant within the stated uncertainty.
         let reader = try RunReader(directory: run.directory)
