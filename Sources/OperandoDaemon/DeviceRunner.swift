@@ -100,7 +100,7 @@ final class DeviceRunner: @unchecked Sendable {
 
     /// `trigger`: edges on the serial port's DTR or RTS line, each recorded as a stimulus at the
     /// middle of the bracket around the driver call, with half the bracket as uncertainty.
-    /// Arguments: `line` ("dtr"/"rts"), then either `level` (asserted: Bool, one edge) or
+    /// Arguments: `line` ("dtr"/"rts"), then either `asserted` (Bool: one edge) or
     /// `pulse_ms` (assert, hold, release).
     private func trigger(_ command: DeviceCommand) throws -> [String: EventValue] {
         guard case .byteStream(let port) = link, let lines = port as? any ModemLineControl else {
