@@ -31,6 +31,9 @@ let package = Package(
         .systemLibrary(
             name: "CLibUSB", path: "Sources/CLibUSB", pkgConfig: "libusb-1.0",
             providers: [.apt(["libusb-1.0-0-dev"])]),
+        .systemLibrary(
+            name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5",
+            providers: [.apt(["libhdf5-dev"])]),
         .target(name: "COperandoShim", path: "Sources/COperandoShim"),
         .target(name: "COperandoModemShim", path: "Sources/COperandoModemShim"),
 
@@ -41,7 +44,7 @@ let package = Package(
         .target(
             name: "OperandoIO",
             dependencies: [
-                "OperandoCore", "OperandoBuffers", "COperandoShim", "CSerialPort", "CLibUSB",
+                "OperandoCore", "OperandoBuffers", "COperandoShim", "CSerialPort", "CLibUSB", "CHDF5",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings),

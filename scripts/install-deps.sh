@@ -14,6 +14,9 @@ packages=(
   python3-gi          # PyGObject for Debian's /usr/bin/python3, which runs the harness
   gcc                 # cc: the serial-hardware tests compile Tests/Support/serialprobe.c
   python3-venv        # a virtualenv for zaber-motion, Zaber's own client, in the peer-client test
+  libhdf5-dev         # NeXus/HDF5 export (libhdf5, pkg-config hdf5)
+  hdf5-tools          # h5dump: the tests read exported files back with it
+  python3-h5py        # the tests read exported files back with h5py too
 )
 
 missing=()
