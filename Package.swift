@@ -115,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "operando-bench",
             dependencies: [
-                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoSync",
+                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoSync", "OperandoTimeline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
