@@ -16,6 +16,8 @@ let package = Package(
         .executable(name: "operando-bench", targets: ["operando-bench"]),
         // LD_PRELOAD shim answering the modem-line ioctls that pseudo-terminals lack; tests only.
         .library(name: "operando-modem-shim", type: .dynamic, targets: ["COperandoModemShim"]),
+        // LD_PRELOAD shim that simulates a full disk under one directory; tests only.
+        .library(name: "operando-fault-shim", type: .dynamic, targets: ["COperandoFaultShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -36,6 +38,7 @@ let package = Package(
             providers: [.apt(["libhdf5-dev"])]),
         .target(name: "COperandoShim", path: "Sources/COperandoShim"),
         .target(name: "COperandoModemShim", path: "Sources/COperandoModemShim"),
+        .target(name: "COperandoFaultShim", path: "Sources/COperandoFaultShim"),
 
         // Pure layers.
         .target(name: "OperandoCore", swiftSettings: swiftSettings),
@@ -92,7 +95,7 @@ let package = Package(
         .executableTarget(
             name: "operandod",
             dependencies: [
-                "OperandoDaemon",
+                "OperandoDaemon", "OperandoStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -102,6 +105,7 @@ let package = Package(
             dependencies: [
                 "OperandoControl", "OperandoIO", "OperandoStore", "OperandoTimeline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: swiftSettings),
         .executableTarget(

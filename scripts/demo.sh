@@ -27,8 +27,8 @@ for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
 sleep 0.5
 
 echo; echo "==> operandoctl devices (CLOCK: each device's clock model, its uncertainty and drift)"; ctl devices
-echo; echo "==> operandoctl run start demo-cycle --meta cell=CR2032-NMC811 --meta electrolyte='1M LiPF6 EC:DMC'"
-ctl run start demo-cycle --meta cell=CR2032-NMC811 --meta "electrolyte=1M LiPF6 EC:DMC"
+echo; echo "==> operandoctl run start demo-cycle --meta-file Config/demo-experiment.toml --duration 1h (metadata checked against the schema; space checked)"
+ctl run start demo-cycle --meta-file Config/demo-experiment.toml --duration 1h
 half=$((seconds / 2))
 echo; echo "==> operandoctl home stage; operandoctl move stage 2.5mm (the sample moves into the beam)"
 ctl home stage

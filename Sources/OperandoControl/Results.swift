@@ -37,6 +37,12 @@ public struct RunInfo: Codable, Sendable {
     public var startedAt: String
     public var stoppedAt: String?
     public var elapsedSeconds: Double?
+    /// `run.start` only: the expected data rate of all streams (from their nominal rates and
+    /// record sizes), the free space, how long it lasts, and warnings (e.g. too little space).
+    public var estimatedBytesPerSecond: Double?
+    public var freeBytes: Int?
+    public var hoursOfSpace: Double?
+    public var warnings: [String]?
 
     public init(name: String, id: String, directory: String, state: String, startedAt: String, stoppedAt: String?, elapsedSeconds: Double?) {
         self.name = name
@@ -55,7 +61,7 @@ public struct StatusResult: Codable, Sendable {
     public var pid: Int32
     public var uptimeSeconds: Double
     public var hostTimeNanoseconds: Int64
-    /// "idle" or "recording".
+    /// "idle", "recording", or "paused" (a run whose writes failed, waiting for room).
     public var state: String
     public var run: RunInfo?
     public var dataDirectory: String
@@ -67,11 +73,15 @@ public struct StatusResult: Codable, Sendable {
     public var devicesConnected: Int
     public var devicesTotal: Int
     public var streams: [StreamStatusInfo]
+    /// While a run is paused by a write error: since when, why, and what resumes it.
+    public var paused: String?
+    /// Free bytes in the data directory's file system.
+    public var freeBytes: Int?
 
     public init(
         daemonVersion: String, protocolVersion: Int, pid: Int32, uptimeSeconds: Double, hostTimeNanoseconds: Int64, state: String, run: RunInfo?,
         dataDirectory: String, durability: String, writeError: String?, bytesWritten: UInt64, memoryBudgetBytes: Int, memoryUsedBytes: Int,
-        devicesConnected: Int, devicesTotal: Int, streams: [StreamStatusInfo]
+        devicesConnected: Int, devicesTotal: Int, streams: [StreamStatusInfo], paused: String? = nil, freeBytes: Int? = nil
     ) {
         self.daemonVersion = daemonVersion
         self.protocolVersion = protocolVersion
@@ -89,6 +99,8 @@ public struct StatusResult: Codable, Sendable {
         self.devicesConnected = devicesConnected
         self.devicesTotal = devicesTotal
         self.streams = streams
+        self.paused = paused
+        self.freeBytes = freeBytes
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import OperandoCore
+import OperandoStore
 import OperandoVirtualCell
 import TOMLKit
 
@@ -89,6 +90,11 @@ public struct DaemonConfig: Sendable {
     public var memoryBudgetBytes: Int
     public var syncInterval: Duration
     public var segmentBytes: Int
+    public var segmentDuration: Duration
+    public var onWriteError: Recorder.WriteErrorPolicy
+    public var resumeFreeBytes: Int
+    public var recoverOnStart: Bool
+    public var requireMetadata: Bool
     public var anchorInterval: Duration
     public var defaultRingBytes: Int
     public var reconnectMax: Duration
@@ -126,6 +132,11 @@ public struct ConfigKey: Sendable {
         ConfigKey(table: "daemon", key: "ring_mb", kind: .integer(1...16384), defaultValue: "16", doc: "Ring size per stream (MiB) unless a device sets its own."),
         ConfigKey(table: "daemon", key: "sync_interval_ms", kind: .integer(10...60000), defaultValue: "500", doc: "fdatasync at least this often while recording: the most data (ms) lost on power failure."),
         ConfigKey(table: "daemon", key: "segment_mb", kind: .integer(1...65536), defaultValue: "256", doc: "Start a new segment file when the current one reaches this size (MiB)."),
+        ConfigKey(table: "daemon", key: "segment_max_s", kind: .integer(10...86400), defaultValue: "3600", doc: "Start a new segment file when the current one is this old (s), whatever its size."),
+        ConfigKey(table: "daemon", key: "on_write_error", kind: .choice(Recorder.WriteErrorPolicy.allCases.map(\.rawValue)), defaultValue: "\"pause\"", doc: "When the disk is full or a write fails: `pause` (close the segment on its last whole record, raise an alarm, count what arrives meanwhile as dropped, resume in a new segment once `resume_free_mb` are free) or `stop` (close the run as failed). The daemon stays up either way."),
+        ConfigKey(table: "daemon", key: "resume_free_mb", kind: .integer(1...1_048_576), defaultValue: "64", doc: "Free space (MiB) the data directory needs before a paused run resumes; checked every 5 s."),
+        ConfigKey(table: "daemon", key: "require_metadata", kind: .bool, defaultValue: "false", doc: "Refuse `run start` without experiment metadata (see the metadata schema). Metadata that is given is always checked."),
+        ConfigKey(table: "daemon", key: "recover_on_start", kind: .bool, defaultValue: "true", doc: "At start, close runs a previous daemon left recording (killed, crashed, power lost): cut torn tails, rebuild counts, mark them `recovered`."),
         ConfigKey(table: "daemon", key: "anchor_interval_s", kind: .integer(1...3600), defaultValue: "60", doc: "Record a host-to-UTC clock anchor this often during a run (s)."),
         ConfigKey(table: "daemon", key: "reconnect_max_s", kind: .integer(1...600), defaultValue: "10", doc: "Longest wait between reconnection attempts to a lost device (s); backoff starts at 0.1 s."),
         ConfigKey(table: "daemon", key: "log_level", kind: .choice(["trace", "debug", "info", "notice", "warning", "error", "critical"]), defaultValue: "\"info\"", doc: "Least severe message logged on stderr."),
@@ -278,6 +289,11 @@ public enum ConfigLoader {
             memoryBudgetBytes: (v.int(daemon, "daemon", "memory_budget_mb") ?? 256) << 20,
             syncInterval: .milliseconds(v.int(daemon, "daemon", "sync_interval_ms") ?? 500),
             segmentBytes: (v.int(daemon, "daemon", "segment_mb") ?? 256) << 20,
+            segmentDuration: .seconds(v.int(daemon, "daemon", "segment_max_s") ?? 3600),
+            onWriteError: v.choice(daemon, "daemon", "on_write_error").flatMap(Recorder.WriteErrorPolicy.init(rawValue:)) ?? .pause,
+            resumeFreeBytes: (v.int(daemon, "daemon", "resume_free_mb") ?? 64) << 20,
+            recoverOnStart: v.bool(daemon, "daemon", "recover_on_start", schema: "daemon") ?? true,
+            requireMetadata: v.bool(daemon, "daemon", "require_metadata", schema: "daemon") ?? false,
             anchorInterval: .seconds(v.int(daemon, "daemon", "anchor_interval_s") ?? 60),
             defaultRingBytes: (defaultRingMB ?? 16) << 20,
             reconnectMax: .seconds(v.int(daemon, "daemon", "reconnect_max_s") ?? 10),
@@ -287,10 +303,11 @@ public enum ConfigLoader {
             devices: devices)
         let ringTotal = config.devices.reduce(0) { total, d in
             let streams = (try? DriverRegistry.makeDriver(d.driver, name: d.name, settings: d.settings).streams.count) ?? 1
-            return total + (streams + 1) * (d.ringBytes ?? config.defaultRingBytes)
+            let ring = d.ringBytes ?? config.defaultRingBytes
+            return total + (streams + 1) * ring + min(ring, 1 << 20)  // + its clock stream's ring
         } + config.defaultRingBytes
         if ringTotal > config.memoryBudgetBytes {
-            v.error("daemon.memory_budget_mb", "the rings need \(ringTotal >> 20) MiB (each stream, plus one events stream per device and one for the daemon) but the budget is \(config.memoryBudgetBytes >> 20) MiB; raise memory_budget_mb or lower ring_mb")
+            v.error("daemon.memory_budget_mb", "the rings need \(ringTotal >> 20) MiB (each stream, an events and a clock stream per device, and the daemon's events) but the budget is \(config.memoryBudgetBytes >> 20) MiB; raise memory_budget_mb or lower ring_mb")
         }
         if !v.errors.isEmpty { throw ConfigErrors(v.errors) }
         return config
@@ -439,8 +456,8 @@ struct Validator {
         return s
     }
 
-    mutating func bool(_ t: TOMLTable?, _ where_: String, _ key: String) -> Bool? {
-        guard let v = value(t, where_, key, schema: "device", required: false) else { return nil }
+    mutating func bool(_ t: TOMLTable?, _ where_: String, _ key: String, schema: String = "device") -> Bool? {
+        guard let v = value(t, where_, key, schema: schema, required: false) else { return nil }
         guard let b = v.bool else {
             error("\(where_).\(key)", "expected true or false, got \(v.debugDescription)")
             return nil

@@ -81,14 +81,59 @@ public final class Daemon: @unchecked Sendable {
         self.runners = runners
         self.daemonEvents = daemonEvents
         recorder = Recorder(
-            channels: channels, clock: clock,
-            options: Recorder.Options(syncInterval: config.syncInterval, segmentBytes: config.segmentBytes, anchorInterval: config.anchorInterval),
-            logger: logger)
+            channels: channels, clock: clock, options: Self.recorderOptions(config), logger: logger,
+            onEvent: { event in
+                // Called on the writer thread, which drains the daemon's events ring: record from
+                // another thread so the writer never waits on a ring it empties itself.
+                _ = IOThread(name: "writer-event", detached: true) {
+                    switch event {
+                    case .paused(let run, let at, let error):
+                        daemonEvents.record(Event(
+                            kind: .alarm, source: "daemon", hostTime: at,
+                            message: "writing run \(run) failed: \(error); recording is paused until the disk has room, data written before is intact",
+                            values: ["write_error": .string(error), "state": .string("paused")]))
+                    case .resumed(let run, let at, let pausedAt, let seconds, let lost, let error):
+                        // (The alarm raised at the pause arrived while nothing could be written;
+                        // this gap, written after the resume, is what the run keeps.)
+                        daemonEvents.record(Event(
+                            kind: .gap, source: "daemon", hostTime: pausedAt, endTime: at,
+                            message: "run \(run) could not be written for \(String(format: "%.1f", seconds)) s (\(error)): \(lost) records lost, counted as dropped; recording resumed",
+                            values: ["lost_records": .integer(Int64(lost)), "write_error": .string(error), "state": .string("resumed")]))
+                    }
+                }
+            })
         try FileSystem.makeDirectories(self.dataDirectory + "/runs")
         logger.info("operandod \(Self.version): \(self.runners.count) device(s), \(channels.count) stream(s), \(budget.usedBytes >> 20) MiB of rings preallocated, data in \(self.dataDirectory)")
     }
 
+    static func recorderOptions(_ config: DaemonConfig) -> Recorder.Options {
+        Recorder.Options(
+            syncInterval: config.syncInterval, segmentBytes: config.segmentBytes, segmentDuration: config.segmentDuration,
+            onWriteError: config.onWriteError, resumeFreeBytes: config.resumeFreeBytes, anchorInterval: config.anchorInterval)
+    }
+
     // MARK: Lifecycle pieces used by the services
+
+    /// Closes the runs a previous daemon left recording (on a thread of its own: a long run takes
+    /// a while to verify, and the daemon is usable meanwhile).
+    func recoverUnfinishedRuns() {
+        guard config.recoverOnStart else { return }
+        let runs = RunRecovery.unfinishedRuns(in: dataDirectory)
+        guard !runs.isEmpty else { return }
+        _ = IOThread(name: "recovery", detached: true) { [self] in
+            for dir in runs {
+                do {
+                    let m = try RunRecovery.recover(dir, by: "daemon start", at: clock.realtimeAnchor())
+                    let r = m.recovery
+                    let written = m.summary?.reduce(0) { $0 + $1.written } ?? 0
+                    logger.notice("recovered run \(m.name) in \(dir): \(written) records kept, \(r?.tornBytesRemoved.values.reduce(0, +) ?? 0) torn bytes cut, \(r?.damaged.count ?? 0) damaged regions skipped")
+                    _ = event(.stateChange, "run \(m.name) recovered after an unclean stop: \(written) records kept", values: ["run_id": .string(m.id), "state": .string("recovered")])
+                } catch {
+                    logger.error("could not recover the run in \(dir): \(error); `operandoctl recover` retries")
+                }
+            }
+        }
+    }
 
     func startDevices() { for r in runners { r.start() } }
     func stopDevices() { for r in runners { r.stop() } }
@@ -125,13 +170,14 @@ public final class Daemon: @unchecked Sendable {
             case "run.list": result = try JSONValue(encoding: listRuns())
             case "run.refit": result = try JSONValue(encoding: refit(args))
             case "run.align": result = try JSONValue(encoding: align(args))
+            case "run.recover": result = try JSONValue(encoding: recover(args))
             case "mark": result = try JSONValue(encoding: mark(args, peer: peer))
             case "tail": result = try JSONValue(encoding: tail(args))
             case "sim.unplug", "sim.replug": result = try simulatedCable(args, plug: request.cmd == "sim.replug")
             case "ports": result = try JSONValue(encoding: ports())
             case "move", "home", "trigger": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
             default:
-                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, mark, tail, move, home, trigger, sim.unplug, sim.replug")
+                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, run.recover, mark, tail, move, home, trigger, sim.unplug, sim.replug")
             }
             return .success(id: request.id, result)
         } catch let error as ControlError {
@@ -180,10 +226,11 @@ public final class Daemon: @unchecked Sendable {
         let snapshots = runners.map(\.snapshot)
         return StatusResult(
             daemonVersion: Self.version, protocolVersion: ControlProtocol.version, pid: getpid(), uptimeSeconds: now.seconds(since: started), hostTimeNanoseconds: now.nanoseconds,
-            state: s.recording ? "recording" : "idle", run: s.recording ? s.run.map { runInfo($0, directory: s.runDirectory ?? "", now: now) } : nil,
+            state: s.paused != nil ? "paused" : s.recording ? "recording" : "idle", run: s.recording ? s.run.map { runInfo($0, directory: s.runDirectory ?? "", now: now) } : nil,
             dataDirectory: dataDirectory, durability: Recorder.Options(syncInterval: config.syncInterval).durabilityStatement, writeError: s.writeError,
             bytesWritten: s.bytesWritten, memoryBudgetBytes: budget.limitBytes, memoryUsedBytes: budget.usedBytes,
-            devicesConnected: snapshots.filter { $0.state == .connected }.count, devicesTotal: runners.count, streams: streams)
+            devicesConnected: snapshots.filter { $0.state == .connected }.count, devicesTotal: runners.count, streams: streams, paused: s.paused,
+            freeBytes: try? FileSystem.freeBytes(dataDirectory))
     }
 
     private func runInfo(_ m: RunManifest, directory: String, now: HostInstant?) -> RunInfo {
@@ -198,7 +245,7 @@ public final class Daemon: @unchecked Sendable {
         let dropped = s.streams.reduce(0) { $0 + $1.dropped }
         var line = s.recording ? "recording \(s.run?.name ?? "?")" : "idle"
         line += ", \(connected)/\(runners.count) devices connected, \(s.bytesWritten >> 20) MiB written, \(dropped) dropped"
-        if let e = s.writeError { line += ", WRITE ERROR: \(e)" }
+        if let e = s.writeError { line += ", WRITE ERROR: \(e)" + (s.paused != nil ? " (paused)" : "") }
         return line
     }
 
@@ -226,15 +273,47 @@ public final class Daemon: @unchecked Sendable {
     func startRun(_ args: [String: JSONValue], peer: PeerCredentials?) throws -> RunInfo {
         let name = try string(args, "name")!
         guard !name.isEmpty, name.count <= 100 else { throw ControlError(.badArguments, "\"name\" must be 1…100 characters") }
-        var metadata: [String: String] = [:]
+        // Experiment metadata: optional (unless require_metadata), but checked against the schema
+        // when given; fields the schema does not know are kept.
+        var metadata: [String: MetadataValue] = [:]
         switch args["meta"] {
         case nil, .null?: break
         case .object(let o)?:
-            for (k, v) in o {
-                guard case .string(let s) = v else { throw ControlError(.badArguments, "metadata value of \"\(k)\" must be a string, got \(v)") }
-                metadata[k] = s
+            let value = try JSONDecoder().decode(MetadataValue.self, from: JSONEncoder().encode(JSONValue.object(o)))
+            if case .object(let m) = value { metadata = m }
+        case let other?: throw ControlError(.badArguments, "\"meta\" must be an object (the experiment metadata, see `operandod --metadata-reference`), got \(other)")
+        }
+        if metadata.isEmpty {
+            if config.requireMetadata {
+                throw ControlError(.badArguments, "this daemon requires experiment metadata for every run (require_metadata); pass it with `operandoctl run start NAME --meta-file FILE` (fields: `operandod --metadata-reference`)")
             }
-        case let other?: throw ControlError(.badArguments, "\"meta\" must be an object of strings, got \(other)")
+        } else {
+            let problems = MetadataSchema.problems(.object(metadata))
+            if !problems.isEmpty {
+                throw ControlError(.badArguments, "the experiment metadata is incomplete or wrong: " + problems.joined(separator: "; ") + " (the schema: `operandod --metadata-reference`)")
+            }
+        }
+        // Will the disk hold it? Expected rate × planned duration against free space.
+        let planned: Double? = switch args["duration_s"] {
+        case nil, .null?: nil
+        case .number(let d)? where d > 0 && d.isFinite: d
+        case let other?: throw ControlError(.badArguments, "\"duration_s\" (the planned duration) must be a positive number of seconds, got \(other)")
+        }
+        let force = args["force"] == .bool(true)
+        let rate = expectedBytesPerSecond()
+        let free = try? FileSystem.freeBytes(dataDirectory)
+        var warnings: [String] = []
+        if let free {
+            let hours = Double(free) / rate / 3600
+            if let planned, Double(free) < rate * planned {
+                let message = "the planned \(Self.hours(planned / 3600)) need about \(Self.gib(rate * planned)) at \(Self.mib(rate))/s, but \(dataDirectory) has \(Self.gib(Double(free))) free (enough for \(Self.hours(hours)))"
+                guard force else { throw ControlError(.conflict, message + "; free space, shorten the run, or start it anyway with force") }
+                warnings.append(message + "; started anyway (force)")
+            } else if let planned, Double(free) < 2 * rate * planned {
+                warnings.append("less than twice the space the planned \(Self.hours(planned / 3600)) need: \(Self.gib(Double(free))) free for about \(Self.gib(rate * planned))")
+            } else if planned == nil && hours < 24 {
+                warnings.append("\(Self.gib(Double(free))) free in \(dataDirectory): about \(Self.hours(hours)) at the expected \(Self.mib(rate))/s")
+            }
         }
         let anchor = clock.realtimeAnchor()
         let manifest = RunManifest(
@@ -246,7 +325,42 @@ public final class Daemon: @unchecked Sendable {
         _ = event(.stateChange, "run \(name) started", values: ["run_id": .string(manifest.id)])
         logger.info("run \(name) started in \(directory)")
         notifier.notify("STATUS=recording run \(name)")
-        return runInfo(manifest, directory: directory, now: clock.now())
+        for w in warnings { logger.warning("run \(name): \(w)") }
+        var info = runInfo(manifest, directory: directory, now: clock.now())
+        info.estimatedBytesPerSecond = rate
+        info.freeBytes = free
+        info.hoursOfSpace = free.map { Double($0) / rate / 3600 }
+        info.warnings = warnings.isEmpty ? nil : warnings
+        return info
+    }
+
+    /// What all streams write per second at their nominal rates: one record per nominal period
+    /// at its largest size (events: a few hundred bytes a second).
+    func expectedBytesPerSecond() -> Double {
+        max(1, channels.reduce(0.0) { total, c in
+            let d = c.descriptor
+            if d.kind == .events { return total + 512 }
+            return total + d.nominalRateHz * Double(RecordLayout.recordSize(payloadBytes: d.maxPayloadBytes))
+        })
+    }
+
+    static func gib(_ bytes: Double) -> String { String(format: "%.2f GiB", bytes / Double(1 << 30)) }
+    static func mib(_ bytes: Double) -> String { String(format: "%.2f MiB", bytes / Double(1 << 20)) }
+    static func hours(_ h: Double) -> String { h >= 1 ? String(format: "%.1f h", h) : String(format: "%.0f min", h * 60) }
+
+    /// `run.recover` (args: run, force): closes a run a previous daemon left recording.
+    func recover(_ args: [String: JSONValue]) throws -> RunListEntry {
+        let dir = try runDirectory(args)
+        if recorder.status.recording, recorder.status.runDirectory == dir {
+            throw ControlError(.conflict, "run \(dir) is the one recording now; stop it first")
+        }
+        do {
+            let m = try RunRecovery.recover(dir, by: "operandoctl recover", at: clock.realtimeAnchor(), force: args["force"] == .bool(true))
+            logger.notice("recovered run \(m.name) in \(dir)")
+            return runListEntry(m, directory: dir)
+        } catch let e as RunRecovery.Failure {
+            throw ControlError(.conflict, e.description)
+        }
     }
 
     func stopRun(_ args: [String: JSONValue]) throws -> RunStopResult {
@@ -269,10 +383,14 @@ public final class Daemon: @unchecked Sendable {
         return names.compactMap { name in
             let dir = root + "/" + name
             guard let m = try? RunManifest.load(dir + "/run.json") else { return nil }
-            return RunListEntry(
-                run: runInfo(m, directory: dir, now: nil), records: m.summary.map { $0.reduce(0) { $0 + $1.written } },
-                bytes: m.summary.map { $0.reduce(0) { $0 + $1.bytes } }, dropped: m.summary.map { $0.reduce(0) { $0 + $1.dropped } })
+            return runListEntry(m, directory: dir)
         }
+    }
+
+    private func runListEntry(_ m: RunManifest, directory: String) -> RunListEntry {
+        RunListEntry(
+            run: runInfo(m, directory: directory, now: nil), records: m.summary.map { $0.reduce(0) { $0 + $1.written } },
+            bytes: m.summary.map { $0.reduce(0) { $0 + $1.bytes } }, dropped: m.summary.map { $0.reduce(0) { $0 + $1.dropped } })
     }
 
     /// The directory of the run named by `args["run"]`: its directory name, its name, or its id.

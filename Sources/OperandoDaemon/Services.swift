@@ -18,6 +18,7 @@ struct RecorderService: Service {
     let daemon: Daemon
     func run() async throws {
         daemon.recorder.start()
+        daemon.recoverUnfinishedRuns()
         try? await gracefulShutdown()
         await offPool("recorder-stop") { daemon.shutdownRecorder(reason: "daemon stopping (SIGTERM/SIGINT)") }
     }

@@ -61,6 +61,9 @@ public struct FileDescriptor: Sendable, Hashable {
     /// `fsync(2)`.
     public func sync() throws(Errno) { try retryingOnInterrupt { Glibc.fsync(rawValue) } }
 
+    /// ftruncate(2): cuts the file to `size` bytes.
+    public func truncate(to size: Int) throws(Errno) { try retryingOnInterrupt { Glibc.ftruncate(rawValue, off_t(size)) } }
+
 
     /// Waits until readable (or `timeoutMilliseconds` passes). True when readable or hung up.
     public func pollReadable(timeoutMilliseconds: Int32) throws(Errno) -> Bool {

@@ -12,11 +12,28 @@ import Synchronization
 /// A run covers the records stamped from its start instant to its stop instant; stopping waits
 /// until every ring has given up everything stamped before the stop, then syncs and closes.
 public final class Recorder: @unchecked Sendable {
+    /// What the writer does when a write fails (disk full, I/O error).
+    public enum WriteErrorPolicy: String, Sendable, CaseIterable {
+        /// Close the segment on its last whole record, discard (and count as dropped) what
+        /// arrives meanwhile, and resume in a new segment of the same run once the disk has room.
+        case pause
+        /// Close the run as failed.
+        case stop
+    }
+
     public struct Options: Sendable {
         /// fdatasync at least this often while data is arriving: the power-loss bound.
         public var syncInterval: Duration
         /// Start a new segment when the current one reaches this size.
         public var segmentBytes: Int
+        /// Start a new segment when the current one is this old.
+        public var segmentDuration: Duration
+        /// What a failed write does.
+        public var onWriteError: WriteErrorPolicy
+        /// While paused, how often the writer checks whether it can resume.
+        public var resumeCheckInterval: Duration
+        /// Free bytes the run's file system must have before a paused run resumes.
+        public var resumeFreeBytes: Int
         /// The most bytes claimed from one ring at a time (bounds latency of the other rings).
         public var claimBytes: Int
         /// How often a realtime anchor is recorded during a run.
@@ -25,11 +42,16 @@ public final class Recorder: @unchecked Sendable {
         public var stopGrace: Duration
 
         public init(
-            syncInterval: Duration = .milliseconds(500), segmentBytes: Int = 256 << 20, claimBytes: Int = 8 << 20,
-            anchorInterval: Duration = .seconds(60), stopGrace: Duration = .milliseconds(50)
+            syncInterval: Duration = .milliseconds(500), segmentBytes: Int = 256 << 20, segmentDuration: Duration = .seconds(3600),
+            onWriteError: WriteErrorPolicy = .pause, resumeCheckInterval: Duration = .seconds(5), resumeFreeBytes: Int = 64 << 20,
+            claimBytes: Int = 8 << 20, anchorInterval: Duration = .seconds(60), stopGrace: Duration = .milliseconds(50)
         ) {
             self.syncInterval = syncInterval
             self.segmentBytes = segmentBytes
+            self.segmentDuration = segmentDuration
+            self.onWriteError = onWriteError
+            self.resumeCheckInterval = resumeCheckInterval
+            self.resumeFreeBytes = resumeFreeBytes
             self.claimBytes = claimBytes
             self.anchorInterval = anchorInterval
             self.stopGrace = stopGrace
@@ -61,6 +83,16 @@ public final class Recorder: @unchecked Sendable {
         public var streams: [StreamStatus]
         public var writeError: String?
         public var lastSyncAgo: Duration?
+        /// Set while a run is paused by a write error: since when, why, and what resumes it.
+        public var paused: String?
+    }
+
+    /// What the writer tells the daemon (on the writer thread; do not block in the handler).
+    public enum Event: Sendable {
+        /// Writing failed; the run is paused (policy `pause`).
+        case paused(run: String, at: HostInstant, error: String)
+        /// The run resumed in a new segment after `seconds`; `lost` records arrived meanwhile.
+        case resumed(run: String, at: HostInstant, pausedAt: HostInstant, seconds: Double, lost: UInt64, error: String)
     }
 
     /// A recently seen record, for `tail`.
@@ -99,12 +131,14 @@ public final class Recorder: @unchecked Sendable {
     private let published: Mutex<Status>
     private let tails: Mutex<[[TailRecord]]>
     private static let tailDepth = 64
+    private let eventHandler: (@Sendable (Event) -> Void)?
 
-    public init(channels: [StreamChannel], clock: any HostClock, options: Options, logger: Logger) {
+    public init(channels: [StreamChannel], clock: any HostClock, options: Options, logger: Logger, onEvent: (@Sendable (Event) -> Void)? = nil) {
         self.channels = channels
         self.clock = clock
         self.options = options
         self.logger = logger
+        eventHandler = onEvent
         published = Mutex(Status(recording: false, run: nil, runDirectory: nil, bytesWritten: 0, streams: [], writeError: nil))
         tails = Mutex(Array(repeating: [], count: channels.count))
     }
@@ -131,7 +165,7 @@ public final class Recorder: @unchecked Sendable {
         try FileSystem.makeDirectories(directory + "/segments")
         try FileSystem.writeAtomically(directory + "/run.json", bytes: manifest.encoded())
         let runID = Array(UUID(uuidString: manifest.id).map { withUnsafeBytes(of: $0.uuid) { Array($0) } } ?? [])
-        published.withLock { $0.recording = true; $0.run = manifest; $0.runDirectory = directory; $0.writeError = nil }
+        published.withLock { $0.recording = true; $0.run = manifest; $0.runDirectory = directory; $0.writeError = nil; $0.paused = nil }
         let taken = Completion<Void>()
         commands.withLock { $0.append(.start(PendingRun(manifest: manifest, directory: directory, runID: runID), taken: taken)) }
         taken.wait()
@@ -191,6 +225,14 @@ public final class Recorder: @unchecked Sendable {
         var lastAnchor: HostInstant
         var error: (any Error)?
         var quietSince: HostInstant?
+        var segmentOpened: HostInstant
+        /// Set while paused by a write error.
+        var pausedSince: HostInstant?
+        var pauseError = ""
+        var lastResumeCheck: HostInstant
+        /// Records that arrived while paused (or whose write failed): counted as dropped.
+        var lostWhilePaused: UInt64 = 0
+        var interruptions: [WriteInterruption] = []
 
         init(_ pending: PendingRun, channels: [StreamChannel], now: HostInstant) {
             self.pending = pending
@@ -202,6 +244,8 @@ public final class Recorder: @unchecked Sendable {
             droppedAtStart = channels.map(\.dropped)
             lastSync = now
             lastAnchor = now
+            segmentOpened = now
+            lastResumeCheck = now
         }
     }
 
@@ -275,29 +319,40 @@ public final class Recorder: @unchecked Sendable {
         var last: RecordRing.Record?
         let isEvents = channel.descriptor.kind == .events
         let writing = run.map { $0.segment != nil && $0.error == nil } ?? false
+        var batchRecords: UInt64 = 0
+        var batchBytes: UInt64 = 0
         channel.ring.forEachRecord(in: claim) { record in
             if isEvents { remember(index, record) } else { last = record }
-            guard writing, let r = run, record.header.hostTime >= r.start else { return }
+            guard let r = run, r.error == nil, record.header.hostTime >= r.start else { return }
             if let stopAt = r.stopAt, record.header.hostTime > stopAt { return }
+            // The run's sequence span covers every record stamped in it, written or not, so a
+            // record lost to a paused disk counts as dropped.
+            let seq = record.header.sequence
+            if r.firstSeq[index] == nil { r.firstSeq[index] = seq }
+            r.lastSeq[index] = seq
+            guard writing else {
+                r.lostWhilePaused += 1
+                return
+            }
             if !record.isProducerChecksummed {
                 let crc = CRC32C.checksum(record.body.1, continuing: CRC32C.checksum(record.body.0))
                 record.prefix.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
             }
             Self.append(record.whole.0, to: &parts)
             Self.append(record.whole.1, to: &parts)
-            let seq = record.header.sequence
-            if r.firstSeq[index] == nil { r.firstSeq[index] = seq }
-            r.lastSeq[index] = seq
-            r.written[index] += 1
-            r.bytes[index] += UInt64(record.whole.0.count + record.whole.1.count)
+            batchRecords += 1
+            batchBytes += UInt64(record.whole.0.count + record.whole.1.count)
         }
         if let last { remember(index, last) }
         if let r = run, !parts.isEmpty, let segment = r.segment {
             do {
                 try segment.append(parts)
-                totalBytes += UInt64(parts.reduce(0) { $0 + $1.count })
+                totalBytes += batchBytes
+                r.written[index] += batchRecords
+                r.bytes[index] += batchBytes
             } catch {
-                fail(r, error)
+                r.lostWhilePaused += batchRecords
+                writeFailed(r, error)
             }
         }
         channel.ring.release(claim)
@@ -344,12 +399,18 @@ public final class Recorder: @unchecked Sendable {
             try segment.append(head)
             r.segment = segment
             r.lastAnchor = anchor.host
+            r.segmentOpened = anchor.host
         } catch {
-            fail(r, error)
+            r.segment = nil
+            writeFailed(r, error)
         }
     }
 
     private func maintain(_ r: ActiveRun, now: HostInstant) {
+        if r.pausedSince != nil {
+            tryResume(r, now: now)
+            return
+        }
         guard let segment = r.segment else { return }
         do {
             if now.nanoseconds - r.lastAnchor.nanoseconds >= options.anchorInterval.nanoseconds {
@@ -362,11 +423,60 @@ public final class Recorder: @unchecked Sendable {
                 try segment.sync()
                 r.lastSync = now
             }
-            if segment.size >= options.segmentBytes {
+            if segment.size >= options.segmentBytes || now.nanoseconds - r.segmentOpened.nanoseconds >= options.segmentDuration.nanoseconds {
                 openSegment(r)
             }
         } catch {
-            fail(r, error)
+            writeFailed(r, error)
+        }
+    }
+
+    /// A write failed: pause or stop, as the policy says.
+    private func writeFailed(_ r: ActiveRun, _ error: any Error) {
+        switch options.onWriteError {
+        case .stop: fail(r, error)
+        case .pause: pause(r, error)
+        }
+    }
+
+    /// Closes the segment (it ends on its last whole record: a partial write was cut off) and
+    /// waits for room; records arriving meanwhile are counted as dropped.
+    private func pause(_ r: ActiveRun, _ error: any Error) {
+        guard r.pausedSince == nil else { return }
+        let now = clock.now()
+        try? r.segment?.sync()
+        r.segment = nil
+        r.pausedSince = now
+        r.lastResumeCheck = now
+        r.pauseError = "\(error)"
+        let free = (try? FileSystem.freeBytes(r.pending.directory)).map { "\($0 >> 20) MiB free" } ?? "free space unknown"
+        let why = "writing run \(r.pending.manifest.name) failed: \(error) (\(free)); recording is paused and resumes in a new segment once \(options.resumeFreeBytes >> 20) MiB are free in \(r.pending.directory); data written before is intact"
+        logger.error("\(why)")
+        published.withLock {
+            $0.writeError = "\(error)"
+            $0.paused = why
+        }
+        eventHandler?(.paused(run: r.pending.manifest.name, at: now, error: "\(error)"))
+    }
+
+    private func tryResume(_ r: ActiveRun, now: HostInstant) {
+        guard let since = r.pausedSince, now.nanoseconds - r.lastResumeCheck.nanoseconds >= options.resumeCheckInterval.nanoseconds else { return }
+        r.lastResumeCheck = now
+        guard let free = try? FileSystem.freeBytes(r.pending.directory), free >= options.resumeFreeBytes else { return }
+        r.pausedSince = nil  // openSegment pauses again if it fails
+        openSegment(r)
+        guard r.segment != nil else {
+            r.pausedSince = r.pausedSince ?? since
+            return
+        }
+        let seconds = now.seconds(since: since)
+        r.interruptions.append(WriteInterruption(from: since, to: now, error: r.pauseError, lostRecords: r.lostWhilePaused))
+        logger.notice("run \(r.pending.manifest.name) resumed in segment \(r.segmentCount) after \(String(format: "%.1f", seconds)) s paused; \(r.lostWhilePaused) records arrived meanwhile and are counted as dropped")
+        eventHandler?(.resumed(run: r.pending.manifest.name, at: now, pausedAt: since, seconds: seconds, lost: r.lostWhilePaused, error: r.pauseError))
+        r.lostWhilePaused = 0
+        published.withLock {
+            $0.writeError = nil
+            $0.paused = nil
         }
     }
 
@@ -393,6 +503,12 @@ public final class Recorder: @unchecked Sendable {
             }
         }
         r.segment = nil
+        if let since = r.pausedSince {
+            r.interruptions.append(WriteInterruption(from: since, to: now, error: r.pauseError, lostRecords: r.lostWhilePaused))
+            r.pausedSince = nil
+            published.withLock { $0.paused = nil }
+        }
+        manifest.interruptions = r.interruptions.isEmpty ? nil : r.interruptions
         manifest.state = r.error == nil ? .complete : .failed
         manifest.stopAnchor = anchor
         manifest.stoppedAt = RunManifest.iso8601(anchor.utcNanoseconds)

@@ -11,6 +11,9 @@ public struct RunManifest: Codable, Sendable {
         case complete
         /// Stopped because writing failed (see `stopReason`); what was written is intact.
         case failed
+        /// Closed after the daemon died while recording (kill, crash, power loss): torn tails
+        /// were cut, counts rebuilt from the segments (see `recovery`).
+        case recovered
     }
 
     public static let formatName = "operandod-run/1"
@@ -19,7 +22,8 @@ public struct RunManifest: Codable, Sendable {
     public var id: String
     public var name: String
     public var state: State
-    public var metadata: [String: String]
+    /// Experiment metadata (`MetadataSchema`), as given at run start.
+    public var metadata: [String: MetadataValue]
     public var startedAt: String
     public var startAnchor: RealtimeAnchor
     public var stoppedAt: String?
@@ -32,9 +36,13 @@ public struct RunManifest: Codable, Sendable {
     public var durability: String
     public var segments: Int
     public var summary: [StreamCounts]?
+    /// Times the disk refused writes and the run paused (policy `pause`).
+    public var interruptions: [WriteInterruption]?
+    /// What recovery found and did, for a recovered run.
+    public var recovery: RecoveryReport?
 
     public init(
-        id: String, name: String, metadata: [String: String], startAnchor: RealtimeAnchor, startReason: String,
+        id: String, name: String, metadata: [String: MetadataValue], startAnchor: RealtimeAnchor, startReason: String,
         streams: [StreamDescriptor], provenance: Provenance, durability: String
     ) {
         self.id = id
@@ -65,6 +73,43 @@ public struct RunManifest: Codable, Sendable {
     public static func load(_ path: String) throws -> RunManifest {
         try JSONDecoder().decode(RunManifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
     }
+}
+
+/// A stretch of a run during which the disk refused writes.
+public struct WriteInterruption: Codable, Sendable, Equatable {
+    public var from: HostInstant
+    public var to: HostInstant
+    public var error: String
+    /// Records that arrived meanwhile (counted as dropped in the summary).
+    public var lostRecords: UInt64
+
+    public init(from: HostInstant, to: HostInstant, error: String, lostRecords: UInt64) {
+        self.from = from
+        self.to = to
+        self.error = error
+        self.lostRecords = lostRecords
+    }
+}
+
+/// What recovering a run found and did.
+public struct RecoveryReport: Codable, Sendable, Equatable {
+    public struct Damage: Codable, Sendable, Equatable {
+        public var segment: String
+        public var offset: Int
+        public var length: Int
+    }
+
+    /// When (UTC, ISO 8601) and by whom ("daemon start", "operandoctl recover").
+    public var recoveredAt: String
+    public var by: String
+    /// Bytes cut off torn segment tails, per segment file name.
+    public var tornBytesRemoved: [String: Int]
+    /// Damaged regions inside segments, skipped (their records count as dropped).
+    public var damaged: [Damage]
+    /// Valid records found.
+    public var records: Int
+    /// Segments that could not be read at all (bad header), with why.
+    public var unreadableSegments: [String: String]
 }
 
 /// Where a run came from: enough to reproduce its setup and to trust its data.

@@ -45,11 +45,17 @@ public struct RunReader: Sendable {
     /// Calls `body` for every data and event record of the streams in `streams` (every stream
     /// when nil), in the order they were written. Segments that cannot be read at all (a wrong
     /// magic, a missing file) are reported by throwing; damage inside a segment is skipped and
-    /// counted in the returned scan.
+    /// counted in the returned scan. `progress`, when given, is called after each segment with
+    /// the fraction (0…1) of the segments' bytes read so far.
     @discardableResult
-    public func records(streams: Set<UInt32>? = nil, _ body: (StoredRecord) throws -> Void) throws -> Scan {
+    public func records(streams: Set<UInt32>? = nil, progress: ((Double) -> Void)? = nil, _ body: (StoredRecord) throws -> Void) throws -> Scan {
         var scan = Scan()
-        for path in segmentPaths {
+        let sizes = progress == nil ? [] : segmentPaths.map { path -> Int in
+            ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? NSNumber)?.intValue ?? 0
+        }
+        let total = max(1, sizes.reduce(0, +))
+        var done = 0
+        for (index, path) in segmentPaths.enumerated() {
             let s = try SegmentReader.read(path) { r in
                 guard r.header.kind == .data || r.header.kind == .event else { return }
                 if let streams, !streams.contains(r.header.streamID) { return }
@@ -58,6 +64,10 @@ public struct RunReader: Sendable {
             scan.records += s.records
             scan.damagedRegions += s.damaged.count
             scan.tornTailBytes += s.tornTailBytes
+            if let progress {
+                done += sizes[index]
+                progress(min(1, Double(done) / Double(total)))
+            }
         }
         return scan
     }

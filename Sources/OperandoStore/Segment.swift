@@ -85,8 +85,16 @@ public final class SegmentWriter {
 
     deinit { fd.close() }
 
+    /// Appends whole records. When the write fails part-way (a full disk accepts a short write
+    /// before it refuses), the partial bytes are cut off again, so the segment still ends on a
+    /// whole record and nothing written before is touched.
     public func append(_ parts: [UnsafeRawBufferPointer]) throws {
-        try fd.writeAll(parts)
+        do {
+            try fd.writeAll(parts)
+        } catch {
+            try? fd.truncate(to: size)
+            throw error
+        }
         let n = parts.reduce(0) { $0 + $1.count }
         size += n
         unsyncedBytes += n

@@ -4,6 +4,7 @@ import OperandoControl
 import OperandoIO
 import OperandoStore
 import OperandoTimeline
+import TOMLKit
 
 struct Global: ParsableArguments {
     @Option(name: .long, help: "Control socket (default: $OPERANDO_SOCKET or /run/operandod/control.sock).")
@@ -94,6 +95,36 @@ func localRun(_ run: String) throws -> RunReader? {
     }
 }
 
+/// "90m", "24h", "3600s", "3600" → seconds.
+func parseDuration(_ text: String) -> Double? {
+    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("min", 60), ("h", 3600), ("d", 86400)]
+    for (suffix, scale) in units.sorted(by: { $0.0.count > $1.0.count }) where text.hasSuffix(suffix) {
+        return Double(text.dropLast(suffix.count)).flatMap { $0 > 0 ? $0 * scale : nil }
+    }
+    return Double(text).flatMap { $0 > 0 ? $0 : nil }
+}
+
+/// Experiment metadata from a TOML or JSON file (by its content: JSON starts with "{").
+func loadMetadataFile(_ path: String) throws -> MetadataValue {
+    guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("--meta-file \(path): cannot read it") }
+    let text = String(decoding: data, as: UTF8.self)
+    let json: Data
+    if text.drop(while: \.isWhitespace).first == "{" {
+        json = data
+    } else {
+        do {
+            json = Data(try TOMLTable(string: text).convert(to: .json).utf8)
+        } catch {
+            throw ValidationError("--meta-file \(path): not valid TOML or JSON: \(error)")
+        }
+    }
+    do {
+        return try JSONDecoder().decode(MetadataValue.self, from: json)
+    } catch {
+        throw ValidationError("--meta-file \(path): not valid JSON: \(error)")
+    }
+}
+
 func duration(_ s: Double) -> String {
     let t = Int(s)
     return String(format: "%02d:%02d:%02d", t / 3600, (t / 60) % 60, t % 60)
@@ -105,7 +136,7 @@ struct OperandoCtl: ParsableCommand {
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
         usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
-        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Refit.self, Align.self, Sim.self])
+        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Refit.self, Align.self, Recover.self, Sim.self])
 
     /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
     /// command; they are moved behind it, where every command's option group reads them.
@@ -138,7 +169,8 @@ struct Status: ParsableCommand {
             }
             out += "devices: \(s.devicesConnected)/\(s.devicesTotal) connected; rings: \(bytes(UInt64(s.memoryUsedBytes))) of \(bytes(UInt64(s.memoryBudgetBytes))); written \(bytes(s.bytesWritten))\n"
             out += "durability: \(s.durability)\n"
-            if let e = s.writeError { out += "WRITE ERROR: \(e)\n" }
+            if let free = s.freeBytes { out += "free space: \(bytes(UInt64(free))) in \(s.dataDirectory)\n" }
+            if let p = s.paused { out += "PAUSED: \(p)\n" } else if let e = s.writeError { out += "WRITE ERROR: \(e)\n" }
             out += "\n" + table(
                 ["STREAM", "RATE/s", "PRODUCED", "WRITTEN", "DROPPED", "RING", "POLICY", "WAITS"],
                 s.streams.map { [$0.name, String(format: "%.1f", $0.ratePerSecond), "\($0.produced)", "\($0.written)", "\($0.dropped)", String(format: "%.1f%%", $0.ringFill * 100), $0.policy, "\($0.blockedWaits)"] })
@@ -235,21 +267,44 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Start, stop and list runs.", subcommands: [Start.self, Stop.self, List.self])
 
     struct Start: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Start recording a run.")
+        static let configuration = CommandConfiguration(
+            abstract: "Start recording a run.",
+            discussion: """
+                Experiment metadata comes from --meta-file (TOML or JSON) and --meta PATH=VALUE (a dotted path; the value is read as JSON \
+                when it parses, e.g. 1.0, true, ["EC","DMC"], else as a string). It is checked against the schema \
+                (`operandod --metadata-reference`); unknown fields are kept. --duration checks the expected data against the free space.
+                """)
         @OptionGroup var global: Global
         @Argument(help: "Run name (used in the run directory's name).") var name: String
-        @Option(name: .long, help: "Metadata KEY=VALUE (repeatable).") var meta: [String] = []
+        @Option(name: .long, help: "Experiment metadata file, TOML or JSON.") var metaFile: String?
+        @Option(name: .long, help: "Metadata PATH=VALUE, e.g. cell.format=\"CR2032\" (repeatable; overrides the file).") var meta: [String] = []
+        @Option(name: .long, help: "Planned duration (90m, 24h, 3600s): refused when the disk cannot hold it.") var duration: String?
+        @Flag(name: .long, help: "Start even if the planned duration does not fit on the disk.") var force = false
 
         func run() throws {
-            var metadata: [String: JSONValue] = [:]
+            var metadata = MetadataValue.object([:])
+            if let metaFile { metadata = try loadMetadataFile(metaFile) }
             for m in meta {
                 guard let eq = m.firstIndex(of: "="), eq != m.startIndex else {
-                    throw ValidationError("--meta \(m): expected KEY=VALUE")
+                    throw ValidationError("--meta \(m): expected PATH=VALUE, e.g. electrolyte.salt=LiPF6")
                 }
-                metadata[String(m[..<eq])] = .string(String(m[m.index(after: eq)...]))
+                let text = String(m[m.index(after: eq)...])
+                let value = (try? JSONDecoder().decode(MetadataValue.self, from: Data(text.utf8))) ?? .string(text)
+                metadata.set(path: String(m[..<eq]), to: value)
             }
-            try global.output(global.call("run.start", ["name": .string(name), "meta": .object(metadata)]), as: RunInfo.self) { r in
-                "recording run \(r.name) (\(r.id))\ninto \(r.directory)\n"
+            var args: [String: JSONValue] = ["name": .string(name), "meta": try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(metadata))]
+            if let duration {
+                guard let seconds = parseDuration(duration) else { throw ValidationError("--duration \(duration): expected e.g. 90m, 24h, 3600s or 3600") }
+                args["duration_s"] = .number(seconds)
+            }
+            if force { args["force"] = .bool(true) }
+            try global.output(global.call("run.start", args), as: RunInfo.self) { r in
+                var out = "recording run \(r.name) (\(r.id))\ninto \(r.directory)\n"
+                if let rate = r.estimatedBytesPerSecond, let hours = r.hoursOfSpace {
+                    out += String(format: "expected %.2f MiB/s; the free space lasts about %.1f h\n", rate / 1_048_576, hours)
+                }
+                for w in r.warnings ?? [] { out += "warning: \(w)\n" }
+                return out
             }
         }
     }
@@ -337,6 +392,39 @@ struct Tail: ParsableCommand {
             after = result.next ?? after
             if follow { Thread.sleep(forTimeInterval: 0.2) }
         } while follow
+    }
+}
+
+struct Recover: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Close a run the daemon never closed (killed, crashed, power lost): cut torn tails, rebuild its counts, mark it recovered.",
+        discussion: "The daemon does this by itself at start (recover_on_start). RUN is a run's name or id (asks the daemon), or a run directory (done here).")
+    @OptionGroup var global: Global
+    @Argument(help: ArgumentHelp("Run name, id, or directory.", valueName: "run")) var runName: String
+    @Flag(name: .long, help: "Re-verify a run that is already closed and rewrite its counts.") var force = false
+
+    func run() throws {
+        let value: JSONValue
+        if FileManager.default.fileExists(atPath: runName + "/run.json") {
+            do {
+                let m = try RunRecovery.recover(runName, by: "operandoctl recover", at: MonotonicRawClock().realtimeAnchor(), force: force)
+                let entry = RunListEntry(
+                    run: RunInfo(name: m.name, id: m.id, directory: runName, state: m.state.rawValue, startedAt: m.startedAt, stoppedAt: m.stoppedAt,
+                                 elapsedSeconds: m.stopAnchor.map { $0.host.seconds(since: m.startAnchor.host) }),
+                    records: m.summary.map { $0.reduce(0) { $0 + $1.written } }, bytes: m.summary.map { $0.reduce(0) { $0 + $1.bytes } },
+                    dropped: m.summary.map { $0.reduce(0) { $0 + $1.dropped } })
+                value = try JSONValue(encoding: entry)
+            } catch {
+                fail("\(error)", code: 1)
+            }
+        } else {
+            var args: [String: JSONValue] = ["run": .string(runName)]
+            if force { args["force"] = .bool(true) }
+            value = try global.call("run.recover", args, timeout: .seconds(3600))
+        }
+        try global.output(value, as: RunListEntry.self) { e in
+            "run \(e.run.name) \(e.run.state): \(e.records ?? 0) records kept, \(e.dropped ?? 0) missing (dropped, damaged or torn), in \(e.run.directory)\n"
+        }
     }
 }
 

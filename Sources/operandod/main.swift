@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import OperandoDaemon
+import OperandoStore
 import ServiceLifecycle
 
 @main
@@ -27,9 +28,16 @@ struct Operandod: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the configuration key reference (Markdown) and exit.")
     var configReference = false
 
+    @Flag(name: .long, help: "Print the experiment metadata schema (Markdown) and exit.")
+    var metadataReference = false
+
     func run() async throws {
         if configReference {
             print(ConfigReference.markdown())
+            return
+        }
+        if metadataReference {
+            print(MetadataSchema.markdownTable, terminator: "")
             return
         }
         if let path = checkConfig {

@@ -40,6 +40,13 @@ final class DaemonTests: XCTestCase {
         """
     }
 
+    /// The demo's experiment metadata file (it satisfies the schema).
+    static func experimentFile() throws -> String {
+        let path = Binaries.packageRoot + "/Config/demo-experiment.toml"
+        guard FileManager.default.fileExists(atPath: path) else { throw Failure("\(path) is missing") }
+        return path
+    }
+
     private func waitForData(_ d: DaemonProcess, streams: [String] = ["pstat/ei", "xrf/spectrum"], atLeast n: UInt64 = 20) throws {
         try d.waitForStatus("\(n) records written on \(streams)") { s in
             streams.allSatisfy { name in (s.streams.first { $0.name == name }?.written ?? 0) >= n }
@@ -52,7 +59,7 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(Set(devices.map(\.name)), ["pstat", "xrf"])
         try d.waitForStatus("devices connected") { $0.devicesConnected == 2 }
 
-        let run = try d.json(RunInfo.self, ["run", "start", "cycle-1", "--meta", "cell=CR2032", "--meta", "operator=test"])
+        let run = try d.json(RunInfo.self, ["run", "start", "cycle-1", "--meta-file", try Self.experimentFile(), "--meta", "cell.format=CR2032", "--meta", "operator=test"])
         XCTAssertEqual(run.state, "recording")
         try waitForData(d)
         XCTAssertEqual(try d.ctl(["mark", "electrolyte", "added"]).status, 0)
@@ -78,7 +85,8 @@ final class DaemonTests: XCTestCase {
         let disk = try RunOnDisk(directory: stop.run.directory)
         XCTAssertEqual(disk.damaged, 0)
         XCTAssertEqual(disk.torn, 0)
-        XCTAssertEqual(disk.manifest.metadata, ["cell": "CR2032", "operator": "test"])
+        XCTAssertEqual(disk.manifest.metadata["cell"]?[path: "format"], .string("CR2032"))
+        XCTAssertEqual(disk.manifest.metadata["operator"], .string("test"))
         XCTAssertTrue(disk.manifest.provenance.configText.contains("demo-potentiostat"))
         XCTAssertEqual(disk.manifest.provenance.devices.first { $0.name == "pstat" }?.identity?.model, "DEMO-PSTAT")
         for s in stop.streams {

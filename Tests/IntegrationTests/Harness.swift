@@ -20,8 +20,12 @@ final class DaemonProcess {
     let notify: NotifyListener
     let logPath: String
 
-    init(config: String, watchdogMicroseconds: Int? = nil, file: StaticString = #filePath) throws {
-        directory = NSTemporaryDirectory() + "odt-\(UUID().uuidString.prefix(8))"
+    /// - Parameters:
+    ///   - directory: reuse this directory (its data directory too), e.g. to restart after a kill.
+    ///   - environment: extra environment variables (e.g. LD_PRELOAD of a fault shim).
+    init(config: String, directory: String? = nil, environment: [String: String] = [:], watchdogMicroseconds: Int? = nil, file: StaticString = #filePath) throws {
+        let directory = directory ?? NSTemporaryDirectory() + "odt-\(UUID().uuidString.prefix(8))"
+        self.directory = directory
         try FileSystem.makeDirectories(directory)
         socket = directory + "/control.sock"
         dataDirectory = directory + "/data"
@@ -35,9 +39,11 @@ final class DaemonProcess {
         env["NOTIFY_SOCKET"] = notify.path
         env.removeValue(forKey: "JOURNAL_STREAM")
         if let w = watchdogMicroseconds { env["WATCHDOG_USEC"] = "\(w)" }
+        env.merge(environment) { $1 }
         process.environment = env
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         let log = FileHandle(forWritingAtPath: logPath)!
+        log.seekToEndOfFile()
         process.standardError = log
         process.standardOutput = log
         try process.run()
@@ -66,12 +72,21 @@ final class DaemonProcess {
         return process.terminationStatus
     }
 
+    /// SIGKILL: the daemon gets no chance to close anything (a crash, as far as the disk can tell).
+    func kill9() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// False for a daemon whose directory a later daemon takes over.
+    var removesDirectory = true
+
     deinit {
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
-        try? FileManager.default.removeItem(atPath: directory)
+        if removesDirectory { try? FileManager.default.removeItem(atPath: directory) }
     }
 }
 

@@ -37,7 +37,7 @@ final class RecorderTests: XCTestCase {
     }
 
     private func manifest(_ channels: [StreamChannel], clock: any HostClock) -> RunManifest {
-        RunManifest(id: UUID().uuidString, name: "test run", metadata: ["k": "v"], startAnchor: clock.realtimeAnchor(), startReason: "test", streams: channels.map(\.descriptor),
+        RunManifest(id: UUID().uuidString, name: "test run", metadata: ["k": .string("v")], startAnchor: clock.realtimeAnchor(), startReason: "test", streams: channels.map(\.descriptor),
                     provenance: Provenance(daemonVersion: "t", hostName: "h", configPath: "c", configText: "", devices: [], libraries: [:]), durability: "d")
     }
 
@@ -140,6 +140,30 @@ final class RecorderTests: XCTestCase {
             XCTAssertEqual(scan.damaged.count, 0)
         }
         XCTAssertEqual(total, 1000)
+    }
+
+    /// A segment older than `segmentDuration` is closed and a new one begins, whatever its size.
+    func testRotation_byAge_startsANewSegmentWhenTheCurrentOneIsOld() throws {
+        let clock = ManualClock()
+        let a = channel(0, "t/a")
+        let recorder = Recorder(channels: [a], clock: clock, options: .init(segmentDuration: .seconds(10), stopGrace: .zero), logger: Logger(label: "test"))
+        recorder.start()
+        defer { recorder.shutdown(reason: "test end") }
+        let dir = try recorder.startRun(manifest: manifest([a], clock: clock), under: directory)
+        for v in 0..<30 {
+            clock.advance(1_000_000_000)  // 1 s per record
+            withUnsafeBytes(of: UInt64(v)) { _ = a.push(hostTime: clock.now(), deviceTime: nil, payload: $0) }
+            waitUntil("drained") { a.ring.usedBytes == 0 }
+            waitUntil("the writer went round") { recorder.lastHeartbeat >= clock.now() }
+        }
+        let result = try XCTUnwrap(stop(recorder, at: clock.now()))
+        XCTAssertEqual(result.segments, 4, "segments begin at 0, 10, 20 and 30 s")
+        for name in try FileSystem.list(dir + "/segments") {
+            var times: [Int64] = []
+            try SegmentReader.read(dir + "/segments/" + name) { if $0.header.kind == .data { times.append($0.header.hostTime.nanoseconds) } }
+            XCTAssertLessThan((times.max() ?? 0) - (times.min() ?? 0), 10_000_000_000, "\(name) holds at most 10 s of records")
+        }
+        XCTAssertEqual(try readRun(dir).records.filter { $0.header.kind == .data }.count, 30)
     }
 
     /// Large records are checksummed by the producer (wrapped ones too); what reaches disk verifies.
