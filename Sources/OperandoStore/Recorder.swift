@@ -249,6 +249,20 @@ public final class Recorder: @unchecked Sendable {
         }
     }
 
+    /// Closed runs whose manifest could not be written yet (a full disk): retried until it is.
+    private var unsavedManifests: [(path: String, manifest: RunManifest)] = []
+    private var lastManifestRetry = HostInstant(nanoseconds: 0)
+
+    private func retryManifests(now: HostInstant) {
+        guard !unsavedManifests.isEmpty, now.nanoseconds - lastManifestRetry.nanoseconds >= options.resumeCheckInterval.nanoseconds else { return }
+        lastManifestRetry = now
+        unsavedManifests.removeAll { item in
+            guard (try? FileSystem.writeAtomically(item.path, bytes: item.manifest.encoded())) != nil else { return false }
+            logger.notice("wrote the manifest of run \(item.manifest.name) (\(item.manifest.state.rawValue)) now that the disk has room")
+            return true
+        }
+    }
+
     private func loop() {
         var run: ActiveRun?
         var parts: [UnsafeRawBufferPointer] = []
@@ -289,6 +303,7 @@ public final class Recorder: @unchecked Sendable {
 
             let now = clock.now()
             heartbeat.store(now.nanoseconds, ordering: .relaxed)
+            retryManifests(now: now)
             if let r = run {
                 if r.error == nil { maintain(r, now: now) }
                 if let stopAt = r.stopAt {
@@ -526,7 +541,9 @@ public final class Recorder: @unchecked Sendable {
             try FileSystem.writeAtomically(r.pending.directory + "/run.json", bytes: manifest.encoded())
             result = .success(manifest)
         } catch {
-            logger.error("could not write the manifest of run \(manifest.name) in \(r.pending.directory): \(error); the segments are intact and `operandoctl recover` can rebuild it")
+            logger.error("could not write the manifest of run \(manifest.name) in \(r.pending.directory): \(error); the segments are intact; retrying every \(options.resumeCheckInterval) until the disk has room (or `operandoctl recover` rebuilds it)")
+            unsavedManifests.append((r.pending.directory + "/run.json", manifest))
+            lastManifestRetry = now
             result = .failure(error)
         }
         published.withLock { $0.recording = false; $0.run = manifest }
