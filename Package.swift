@@ -81,10 +81,17 @@ let package = Package(
             path: "Drivers/Zaber/Simulator", swiftSettings: swiftSettings),
 
         .target(
+            name: "NanonisDriver", dependencies: ["OperandoCore"], path: "Drivers/Nanonis/Driver",
+            swiftSettings: swiftSettings),
+        .target(
+            name: "NanonisSimulator", dependencies: ["OperandoCore", "OperandoVirtualCell"],
+            path: "Drivers/Nanonis/Simulator", swiftSettings: swiftSettings),
+
+        .target(
             name: "OperandoDaemon",
             dependencies: [
                 "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoControl", "OperandoSync", "OperandoTimeline",
-                "OperandoVirtualCell", "DemoDriver", "DemoSimulator", "ZaberDriver", "ZaberSimulator",
+                "OperandoVirtualCell", "DemoDriver", "DemoSimulator", "ZaberDriver", "ZaberSimulator", "NanonisDriver", "NanonisSimulator",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -133,6 +140,7 @@ let package = Package(
         .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
         .testTarget(name: "ZaberTests", dependencies: ["ZaberDriver", "ZaberSimulator", "OperandoIO"]),
+        .testTarget(name: "NanonisTests", dependencies: ["NanonisDriver", "NanonisSimulator", "OperandoIO", "OperandoVirtualCell"]),
         .testTarget(
             name: "SerialHardwareTests",
             dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTestSupport"]),

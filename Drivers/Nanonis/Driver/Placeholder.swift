@@ -1,0 +1,2 @@
+// Nanonis TCP programming interface: codec and driver (being written).
+enum NanonisDriverPlaceholder {}

@@ -1,0 +1,2 @@
+// Nanonis controller simulator (being written).
+enum NanonisSimulatorPlaceholder {}

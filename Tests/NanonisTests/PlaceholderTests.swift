@@ -1,0 +1,2 @@
+import XCTest
+final class NanonisPlaceholderTests: XCTestCase { func testPlaceholder() {} }
