@@ -22,7 +22,7 @@ import OperandoCore
 public struct HDF5Error: Error, Sendable, CustomStringConvertible {
     /// The C function, e.g. `H5Fcreate`.
     public var call: String
-    /// The file, or the object's path in its file (`/entry/data`).
+    /// The file, or the file and the object's path in it (`run.nxs:/entry/pstat_ei/E`).
     public var path: String
     /// HDF5's error stack, outermost first (function: description (minor error)).
     public var message: String
@@ -261,11 +261,13 @@ public class HDF5Object {
         if isOpen { _ = try? closeIdentifier() }
     }
 
-    /// Closes the object (H5Fclose, H5Gclose or H5Dclose); closing twice does nothing.
+    /// Closes the object (H5Fclose, H5Gclose or H5Dclose); closing twice does nothing. When
+    /// HDF5 refuses (a file with objects still open), the object stays open: close those first,
+    /// or it is closed when its last reference goes.
     public func close() throws(HDF5Error) {
         guard isOpen else { return }
-        isOpen = false
         try closeIdentifier()
+        isOpen = false
     }
 
     func closeIdentifier() throws(HDF5Error) {
@@ -315,7 +317,8 @@ public class HDF5Object {
     func setAttribute(_ name: String, strings values: [String], scalar: Bool) throws(HDF5Error) {
         let type = try HDF5Temporary.utf8String("\(where_)@\(name)")
         try HDF5CStrings.with(values) { (pointers) throws(HDF5Error) in
-            try writeAttribute(name, type: type.id, memoryType: type.id, dimensions: scalar ? nil : [values.count], values.isEmpty ? nil : UnsafeRawPointer(pointers))
+            try writeAttribute(
+                name, type: type.id, memoryType: type.id, dimensions: scalar ? nil : [values.count], values.isEmpty ? nil : UnsafeRawPointer(pointers))
         }
     }
 
@@ -413,7 +416,9 @@ public class HDF5Container: HDF5Object {
     var file: HDF5File { owner ?? (self as! HDF5File) }
 
     /// `H5Dcreate2` of `name` with `type` over `space` and the creation properties `dcpl`.
-    func createDataset(_ name: String, type: hid_t, space: hid_t, dcpl: hid_t, rows: Int, rowShape: [Int], elementType: HDF5ElementType?) throws(HDF5Error) -> HDF5Dataset {
+    func createDataset(_ name: String, type: hid_t, space: hid_t, dcpl: hid_t, rows: Int, rowShape: [Int], elementType: HDF5ElementType?) throws(HDF5Error)
+        -> HDF5Dataset
+    {
         let parent = try liveID("H5Dcreate2")
         let path = childPath(name)
         let id = try HDF5.call("H5Dcreate2", "\(fileName):\(path)") { H5Dcreate2(parent, name, type, space, hid_t(H5P_DEFAULT), dcpl, hid_t(H5P_DEFAULT)) }

@@ -51,7 +51,8 @@ public struct RunReader: Sendable {
     public func records(streams: Set<UInt32>? = nil, progress: ((Double) -> Void)? = nil, _ body: (StoredRecord) throws -> Void) throws -> Scan {
         var scan = Scan()
         let sizes = progress == nil ? [] : segmentPaths.map { path -> Int in
-            ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? NSNumber)?.intValue ?? 0
+            var info = stat()
+            return stat(path, &info) == 0 ? Int(info.st_size) : 0
         }
         let total = max(1, sizes.reduce(0, +))
         var done = 0

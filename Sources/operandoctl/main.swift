@@ -136,7 +136,7 @@ struct OperandoCtl: ParsableCommand {
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
         usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
-        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Refit.self, Align.self, Recover.self, Sim.self])
+        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Refit.self, Align.self, Export.self, Recover.self, Sim.self])
 
     /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
     /// command; they are moved behind it, where every command's option group reads them.
@@ -392,6 +392,92 @@ struct Tail: ParsableCommand {
             after = result.next ?? after
             if follow { Thread.sleep(forTimeInterval: 0.2) }
         } while follow
+    }
+}
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Export a run to NeXus/HDF5 (one file) or CSV (one file per stream), every time on the common timeline.",
+        discussion: """
+            Works for complete, recovered and still-recording runs (what is on disk so far). RUN is a run's name or id (the daemon \
+            says where it is) or a run directory; the export itself runs here, reading the run's files, with a progress bar on a terminal.
+            """)
+    enum Format: String, ExpressibleByArgument, CaseIterable { case nexus, csv }
+    @OptionGroup var global: Global
+    @Argument(help: ArgumentHelp("Run name, id, or directory.", valueName: "run")) var runName: String
+    @Option(name: .long, help: "nexus (HDF5, .nxs) or csv.") var format: Format = .nexus
+    @Option(name: .long, help: "The .nxs file, or the directory for the CSV files.") var output: String
+
+    func run() throws {
+        let directory: String
+        if FileManager.default.fileExists(atPath: runName + "/run.json") {
+            directory = runName
+        } else {
+            let runs = try global.call("run.list").decode([RunListEntry].self)
+            let matches = runs.filter { $0.run.id == runName || ($0.run.directory as NSString).lastPathComponent == runName || $0.run.name == runName }
+            guard let first = matches.first else { fail("no run \"\(runName)\"; `operandoctl run list` shows the runs", code: 1) }
+            guard matches.count == 1 else {
+                fail("\(matches.count) runs are named \"\(runName)\" (\(matches.map { ($0.run.directory as NSString).lastPathComponent }.joined(separator: ", "))); give the directory name or the run id", code: 1)
+            }
+            directory = first.run.directory
+        }
+        let bar = ProgressBar(label: "export \(format.rawValue)")
+        let summary: ExportSummary
+        do {
+            let reader = try RunReader(directory: directory)
+            switch format {
+            case .nexus: summary = try NeXusExport.write(reader, to: output, progress: bar.update)
+            case .csv: summary = try CSVExport.write(reader, to: output, progress: bar.update)
+            }
+        } catch {
+            bar.finish()
+            fail("export of \(runName) failed: \(error)", code: 1)
+        }
+        bar.finish()
+        try global.output(try JSONValue(encoding: summary), as: ExportSummary.self) { s in
+            var out = "exported \(directory) to \(s.path) (\(bytes(UInt64(s.bytes)))) in \(String(format: "%.1f", bar.elapsed)) s\n"
+            out += table(["STREAM", "RECORDS", "ROWS", "OUTPUT"], s.streams.map { [$0.name, "\($0.records)", "\($0.rows)", $0.output] })
+            out += "\(s.events) events, \(s.clockObservations) clock observations"
+            if s.damagedRegions > 0 || s.tornTailBytes > 0 { out += "; skipped \(s.damagedRegions) damaged regions and \(s.tornTailBytes) torn bytes" }
+            return out + "\n"
+        }
+    }
+}
+
+/// A progress bar on stderr when it is a terminal (a line every 10 % otherwise).
+final class ProgressBar {
+    let label: String
+    let start = ContinuousClock.now
+    private var last = ContinuousClock.now
+    private var lastDecile = -1
+    private let terminal = isatty(STDERR_FILENO) == 1
+
+    init(label: String) { self.label = label }
+
+    var elapsed: Double {
+        let d = ContinuousClock.now - start
+        return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+
+    func update(_ fraction: Double) {
+        let f = min(max(fraction, 0), 1)
+        if terminal {
+            guard ContinuousClock.now - last > .milliseconds(100) || f >= 1 else { return }
+            last = ContinuousClock.now
+            let width = 30
+            let done = Int(f * Double(width))
+            let line = "\r\(label) [" + String(repeating: "#", count: done) + String(repeating: "-", count: width - done) + String(format: "] %3.0f%%  %.1f s", f * 100, elapsed)
+            FileHandle.standardError.write(Data(line.utf8))
+        } else {
+            let decile = Int(f * 10)
+            guard decile > lastDecile else { return }
+            lastDecile = decile
+            FileHandle.standardError.write(Data("\(label): \(decile * 10)%\n".utf8))
+        }
+    }
+
+    func finish() {
+        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 }
 

@@ -33,37 +33,24 @@ final class AlignmentTests: XCTestCase {
     /// Writes the run; returns the truth of every spectrum: (sequence, start, end) host ns.
     @discardableResult
     func writeRun(stimulusClock: Bool = true) throws -> [(UInt64, Int64, Int64)] {
-        let streams = [
-            StreamDescriptor(id: 0, name: "p/ei", device: "p", kind: .samples, elementType: .float64, fields: [Field("E", unit: "V"), Field("I", unit: "A")], shape: [2], nominalRateHz: 100, maxPayloadBytes: 16),
-            .events(device: "p"), .clock(device: "p"),
-            StreamDescriptor(id: 3, name: "x/spectrum", device: "x", kind: .frames, elementType: .uint32, fields: [Field("counts", unit: "counts")], shape: [4], nominalRateHz: 2, maxPayloadBytes: 16),
-            .clock(device: "x"),
-        ].enumerated().map { i, d in
-            var d = d
-            d.id = UInt32(i)
-            return d
-        }
         let anchor = RealtimeAnchor(before: HostInstant(nanoseconds: Self.h0 - 10), after: HostInstant(nanoseconds: Self.h0 + 10), utcNanoseconds: 1_800_000_000_000_000_000, taiOffsetSeconds: 37)
-        var manifest = RunManifest(
-            id: "run-id", name: "synthetic", metadata: [:], startAnchor: anchor, startReason: "test", streams: streams,
-            provenance: Provenance(
-                daemonVersion: "test", hostName: "test", configPath: "", configText: "",
-                devices: [
-                    DeviceProvenance(name: "p", driver: "t", driverVersion: "1", transport: "t", identity: nil, clockResolutionNs: 1000),
-                    DeviceProvenance(name: "x", driver: "t", driverVersion: "1", transport: "t", identity: nil, clockResolutionNs: 1, oneWayLatencyMaxNs: 200_000),
-                ], libraries: [:]),
-            durability: "test")
-        manifest.state = .complete
-        try FileSystem.makeDirectories(directory + "/segments")
-        try FileSystem.writeAtomically(directory + "/run.json", bytes: manifest.encoded())
-        let writer = try SegmentWriter(directory: directory + "/segments", index: 1, runID: Array(repeating: 7, count: 16), anchor: anchor)
-        var sequences = [UInt64](repeating: 0, count: streams.count)
+        let run = try SyntheticRun(
+            directory: directory,
+            streams: [
+                StreamDescriptor(id: 0, name: "p/ei", device: "p", kind: .samples, elementType: .float64, fields: [Field("E", unit: "V"), Field("I", unit: "A")], shape: [2], nominalRateHz: 100, maxPayloadBytes: 16),
+                .events(device: "p"), .clock(device: "p"),
+                StreamDescriptor(id: 3, name: "x/spectrum", device: "x", kind: .frames, elementType: .uint32, fields: [Field("counts", unit: "counts")], shape: [4], nominalRateHz: 2, maxPayloadBytes: 16),
+                .clock(device: "x"),
+            ],
+            devices: [
+                DeviceProvenance(name: "p", driver: "t", driverVersion: "1", transport: "t", identity: nil, clockResolutionNs: 1000),
+                DeviceProvenance(name: "x", driver: "t", driverVersion: "1", transport: "t", identity: nil, clockResolutionNs: 1, oneWayLatencyMaxNs: 200_000),
+            ],
+            anchor: anchor)
         func put(_ stream: Int, kind: RecordKind = .data, host: Int64, device: Int64?, _ payload: [UInt8]) throws {
-            let h = RecordHeader(kind: kind, streamID: UInt32(stream), sequence: sequences[stream], hostTime: HostInstant(nanoseconds: host), deviceTime: device)
-            sequences[stream] += 1
-            try writer.append(SegmentFormat.encodeRecord(h, payload: payload))
+            try run.put(stream, kind: kind, host: host, device: device, payload)
         }
-        func bytes<T>(_ values: [T]) -> [UInt8] { values.withUnsafeBytes { Array($0) } }
+        func bytes<T>(_ values: [T]) -> [UInt8] { SyntheticRun.bytes(values) }
         var random = SeededRandom(seed: 42)
         /// Transport delay: 20 µs plus an exponential tail of mean 200 µs, and a 5 ms stall now and then.
         func delay() -> Int64 { 20_000 + Int64(-log(random.uniform()) * 200_000) + (random.uniform() < 0.02 ? 5_000_000 : 0) }
@@ -94,7 +81,7 @@ final class AlignmentTests: XCTestCase {
             if t >= nextSpectrum {
                 let end = nextSpectrum
                 let arrival = end + delay()
-                truth.append((sequences[3], spectrumStart, end))
+                truth.append((run.sequences[3], spectrumStart, end))
                 try put(3, host: arrival, device: Self.device(Self.xClock, spectrumStart), bytes([UInt32(1), 2, 3, 4]))
                 let o = ClockObservation(kind: .oneWay, hostBefore: HostInstant(nanoseconds: arrival), hostAfter: HostInstant(nanoseconds: arrival), deviceTime: Self.device(Self.xClock, end))
                 try o.withPayload { try put(4, host: arrival, device: o.deviceTime, Array($0)) }
@@ -102,7 +89,7 @@ final class AlignmentTests: XCTestCase {
                 nextSpectrum += 500_000_000
             }
         }
-        try writer.sync()
+        try run.sync()
         return truth
     }
 
