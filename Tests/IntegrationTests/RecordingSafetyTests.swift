@@ -64,6 +64,13 @@ final class RecordingSafetyTests: XCTestCase {
             try d.waitForStatus("data flowing") { ($0.streams.first { $0.name == "xrf/spectrum" }?.written ?? 0) >= 10 }
             // A random moment: somewhere in the next 0.1–1.1 s of recording.
             ThreadSleep.sleep(.milliseconds(100 + Int64(random.uniform() * 1000)))
+            if i == 2 {
+                // A run still recording exports what is on disk so far.
+                let live = directory + "/live.nxs"
+                let exported = try d.ctl(["export", name, "--output", live])
+                XCTAssertEqual(exported.status, 0, exported.err)
+                try Self.checkNeXus(live)
+            }
             acknowledged[name] = written(try d.json(StatusResult.self, ["status"]))
             d.kill9()
         }
@@ -95,6 +102,17 @@ final class RecordingSafetyTests: XCTestCase {
             XCTAssertGreaterThan(disk.stream("pstat/ei").count, 100)
         }
         XCTAssertTrue(d.logText().contains("recovered run crash-0"), d.logText())
+        // A recovered run exports, and an independent reader (h5py) accepts the file.
+        let file = directory + "/crash-0.nxs"
+        let exported = try d.ctl(["export", "crash-0", "--output", file])
+        XCTAssertEqual(exported.status, 0, exported.err)
+        let summary = try Self.checkNeXus(file)
+        let rows = ((summary["nxdata"] as? [String: Any])?["/entry/pstat_ei"] as? [String: Any])?["rows"] as? Int
+        let crash0 = try XCTUnwrap(runs.first { $0.run.name == "crash-0" })
+        XCTAssertEqual(rows, try RunOnDisk(directory: crash0.run.directory).stream("pstat/ei").count, "every recovered sample is in the export")
+        let csv = try d.ctl(["export", "crash-0", "--format", "csv", "--output", directory + "/crash-0-csv"])
+        XCTAssertEqual(csv.status, 0, csv.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/crash-0-csv/pstat_ei.csv"))
         // A recovered run is closed: recover again refuses, unless forced (which re-verifies).
         let again = try d.ctl(["recover", "crash-1"])
         XCTAssertNotEqual(again.status, 0)
@@ -105,6 +123,23 @@ final class RecordingSafetyTests: XCTestCase {
         _ = try d.json(RunInfo.self, ["run", "start", "after"])
         _ = try d.json(RunStopResult.self, ["run", "stop"])
         XCTAssertEqual(d.terminate(), 0)
+    }
+
+    /// Runs Tests/Support/check-nexus.py (h5py) on `file`; returns its JSON summary.
+    @discardableResult
+    static func checkNeXus(_ file: String) throws -> [String: Any] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = [Binaries.packageRoot + "/Tests/Support/check-nexus.py", file]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw Failure("check-nexus.py \(file) failed: \(String(decoding: e, as: UTF8.self))") }
+        return (try JSONSerialization.jsonObject(with: o) as? [String: Any]) ?? [:]
     }
 
     private func faultShim() throws -> String {
