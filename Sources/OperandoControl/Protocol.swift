@@ -1,4 +1,5 @@
 import Foundation
+import OperandoCore
 
 /// The control socket protocol: a Unix stream socket carrying newline-delimited JSON.
 ///

@@ -275,12 +275,11 @@ public final class Daemon: @unchecked Sendable {
         guard !name.isEmpty, name.count <= 100 else { throw ControlError(.badArguments, "\"name\" must be 1…100 characters") }
         // Experiment metadata: optional (unless require_metadata), but checked against the schema
         // when given; fields the schema does not know are kept.
-        var metadata: [String: MetadataValue] = [:]
+        var metadata: [String: JSONValue] = [:]
         switch args["meta"] {
         case nil, .null?: break
         case .object(let o)?:
-            let value = try JSONDecoder().decode(MetadataValue.self, from: JSONEncoder().encode(JSONValue.object(o)))
-            if case .object(let m) = value { metadata = m }
+            metadata = o
         case let other?: throw ControlError(.badArguments, "\"meta\" must be an object (the experiment metadata, see `operandod --metadata-reference`), got \(other)")
         }
         if metadata.isEmpty {

@@ -1,77 +1,4 @@
-/// A JSON value: the experiment metadata of a run (objects, arrays, strings, numbers, booleans).
-public indirect enum MetadataValue: Codable, Sendable, Equatable, CustomStringConvertible {
-    case string(String)
-    case number(Double)
-    case bool(Bool)
-    case array([MetadataValue])
-    case object([String: MetadataValue])
-    case null
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() {
-            self = .null
-        } else if let b = try? c.decode(Bool.self) {
-            self = .bool(b)
-        } else if let d = try? c.decode(Double.self) {
-            self = .number(d)
-        } else if let s = try? c.decode(String.self) {
-            self = .string(s)
-        } else if let a = try? c.decode([MetadataValue].self) {
-            self = .array(a)
-        } else {
-            self = .object(try c.decode([String: MetadataValue].self))
-        }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self {
-        case .string(let s): try c.encode(s)
-        case .number(let d): try c.encode(d)
-        case .bool(let b): try c.encode(b)
-        case .array(let a): try c.encode(a)
-        case .object(let o): try c.encode(o)
-        case .null: try c.encodeNil()
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .string(let s): "\"\(s)\""
-        case .number(let d): d == d.rounded() && abs(d) < 1e15 ? String(Int64(d)) : "\(d)"
-        case .bool(let b): "\(b)"
-        case .array(let a): "[" + a.map(\.description).joined(separator: ", ") + "]"
-        case .object(let o): "{" + o.keys.sorted().map { "\($0): \(o[$0]!)" }.joined(separator: ", ") + "}"
-        case .null: "null"
-        }
-    }
-
-    /// The value at a dotted path ("cell.format"), if there is one.
-    public subscript(path path: String) -> MetadataValue? {
-        var current: MetadataValue? = self
-        for key in path.split(separator: ".") {
-            guard case .object(let o)? = current else { return nil }
-            current = o[String(key)]
-        }
-        return current
-    }
-
-    /// Sets the value at a dotted path, creating objects on the way (replacing non-objects).
-    public mutating func set(path: String, to value: MetadataValue) {
-        let keys = path.split(separator: ".").map(String.init)
-        guard let first = keys.first else { return }
-        var o: [String: MetadataValue] = if case .object(let x) = self { x } else { [:] }
-        if keys.count == 1 {
-            o[first] = value
-        } else {
-            var child = o[first] ?? .object([:])
-            child.set(path: keys.dropFirst().joined(separator: "."), to: value)
-            o[first] = child
-        }
-        self = .object(o)
-    }
-}
+import OperandoCore
 
 /// The documented schema of a run's experiment metadata (`run start --meta-file`).
 ///
@@ -121,7 +48,7 @@ public enum MetadataSchema {
     ]
 
     /// Every problem of `metadata`, one sentence each (empty when it is valid).
-    public static func problems(_ metadata: MetadataValue) -> [String] {
+    public static func problems(_ metadata: JSONValue) -> [String] {
         guard case .object = metadata else { return ["metadata must be an object of fields, e.g. {\"cell\": {\"format\": …}, …}"] }
         var p: [String] = []
         for f in fields {
@@ -139,11 +66,17 @@ public enum MetadataSchema {
             case (.strings, .string): break  // one entry
             case (.choice(let options), .string(let s)) where options.contains(s): break
             default:
-                p.append("\(f.path) must be \(describe(f.kind))\(f.unit.map { " (\($0))" } ?? ""), got \(v)")
+                p.append("\(f.path) must be \(describe(f.kind))\(f.unit.map { " (\($0))" } ?? ""), got \(quoted(v))")
                 continue
             }
         }
         return p
+    }
+
+    /// A value as JSON would show it (strings quoted), for messages.
+    static func quoted(_ v: JSONValue) -> String {
+        if case .string(let s) = v { return "\"\(s)\"" }
+        return v.description
     }
 
     static func describe(_ kind: Kind) -> String {

@@ -23,7 +23,7 @@ public struct RunManifest: Codable, Sendable {
     public var name: String
     public var state: State
     /// Experiment metadata (`MetadataSchema`), as given at run start.
-    public var metadata: [String: MetadataValue]
+    public var metadata: [String: JSONValue]
     public var startedAt: String
     public var startAnchor: RealtimeAnchor
     public var stoppedAt: String?
@@ -42,7 +42,7 @@ public struct RunManifest: Codable, Sendable {
     public var recovery: RecoveryReport?
 
     public init(
-        id: String, name: String, metadata: [String: MetadataValue], startAnchor: RealtimeAnchor, startReason: String,
+        id: String, name: String, metadata: [String: JSONValue], startAnchor: RealtimeAnchor, startReason: String,
         streams: [StreamDescriptor], provenance: Provenance, durability: String
     ) {
         self.id = id

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import OperandoControl
+import OperandoCore
 import OperandoIO
 import OperandoStore
 import OperandoTimeline
@@ -105,7 +106,7 @@ func parseDuration(_ text: String) -> Double? {
 }
 
 /// Experiment metadata from a TOML or JSON file (by its content: JSON starts with "{").
-func loadMetadataFile(_ path: String) throws -> MetadataValue {
+func loadMetadataFile(_ path: String) throws -> JSONValue {
     guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("--meta-file \(path): cannot read it") }
     let text = String(decoding: data, as: UTF8.self)
     let json: Data
@@ -119,7 +120,7 @@ func loadMetadataFile(_ path: String) throws -> MetadataValue {
         }
     }
     do {
-        return try JSONDecoder().decode(MetadataValue.self, from: json)
+        return try JSONDecoder().decode(JSONValue.self, from: json)
     } catch {
         throw ValidationError("--meta-file \(path): not valid JSON: \(error)")
     }
@@ -282,17 +283,17 @@ struct Run: ParsableCommand {
         @Flag(name: .long, help: "Start even if the planned duration does not fit on the disk.") var force = false
 
         func run() throws {
-            var metadata = MetadataValue.object([:])
+            var metadata = JSONValue.object([:])
             if let metaFile { metadata = try loadMetadataFile(metaFile) }
             for m in meta {
                 guard let eq = m.firstIndex(of: "="), eq != m.startIndex else {
                     throw ValidationError("--meta \(m): expected PATH=VALUE, e.g. electrolyte.salt=LiPF6")
                 }
                 let text = String(m[m.index(after: eq)...])
-                let value = (try? JSONDecoder().decode(MetadataValue.self, from: Data(text.utf8))) ?? .string(text)
+                let value = (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .string(text)
                 metadata.set(path: String(m[..<eq]), to: value)
             }
-            var args: [String: JSONValue] = ["name": .string(name), "meta": try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(metadata))]
+            var args: [String: JSONValue] = ["name": .string(name), "meta": metadata]
             if let duration {
                 guard let seconds = parseDuration(duration) else { throw ValidationError("--duration \(duration): expected e.g. 90m, 24h, 3600s or 3600") }
                 args["duration_s"] = .number(seconds)

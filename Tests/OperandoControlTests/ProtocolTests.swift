@@ -1,3 +1,4 @@
+import OperandoCore
 import XCTest
 
 @testable import OperandoControl

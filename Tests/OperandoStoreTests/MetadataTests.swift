@@ -1,10 +1,11 @@
 import Foundation
+import OperandoCore
 import XCTest
 
 @testable import OperandoStore
 
 final class MetadataTests: XCTestCase {
-    static let complete: MetadataValue = .object([
+    static let complete: JSONValue = .object([
         "cell": .object(["format": .string("CR2032"), "working_electrode": .string("NMC811"), "counter_electrode": .string("Li"), "active_mass_mg": .number(12.5)]),
         "electrolyte": .object(["salt": .string("LiPF6"), "concentration_mol_per_l": .number(1), "solvents": .array([.string("EC"), .string("DMC")])]),
         "regime": .string("operando"),
@@ -14,7 +15,7 @@ final class MetadataTests: XCTestCase {
     func testComplete_hasNoProblems_andUnknownFieldsAreKept() throws {
         XCTAssertEqual(MetadataSchema.problems(Self.complete), [])
         let json = try JSONEncoder().encode(Self.complete)
-        let back = try JSONDecoder().decode(MetadataValue.self, from: json)
+        let back = try JSONDecoder().decode(JSONValue.self, from: json)
         XCTAssertEqual(back, Self.complete)
         XCTAssertEqual(back[path: "lab.room"], .string("B12"))
     }
@@ -37,7 +38,7 @@ final class MetadataTests: XCTestCase {
 
     func testOldManifests_withStringMetadata_stillLoad() throws {
         let json = #"{"cell":"CR2032","operator":"test"}"#
-        let m = try JSONDecoder().decode([String: MetadataValue].self, from: Data(json.utf8))
+        let m = try JSONDecoder().decode([String: JSONValue].self, from: Data(json.utf8))
         XCTAssertEqual(m["cell"], .string("CR2032"))
     }
 

@@ -51,4 +51,29 @@ public enum JSONValue: Codable, Sendable, Equatable, CustomStringConvertible {
         case .object(let o): "{" + o.keys.sorted().map { "\($0): \(o[$0]!)" }.joined(separator: ", ") + "}"
         }
     }
+
+    /// The value at a dotted path ("cell.format"), if there is one.
+    public subscript(path path: String) -> JSONValue? {
+        var current: JSONValue? = self
+        for key in path.split(separator: ".") {
+            guard case .object(let o)? = current else { return nil }
+            current = o[String(key)]
+        }
+        return current
+    }
+
+    /// Sets the value at a dotted path, creating objects on the way (replacing non-objects).
+    public mutating func set(path: String, to value: JSONValue) {
+        let keys = path.split(separator: ".").map(String.init)
+        guard let first = keys.first else { return }
+        var o: [String: JSONValue] = if case .object(let x) = self { x } else { [:] }
+        if keys.count == 1 {
+            o[first] = value
+        } else {
+            var child = o[first] ?? .object([:])
+            child.set(path: keys.dropFirst().joined(separator: "."), to: value)
+            o[first] = child
+        }
+        self = .object(o)
+    }
 }
