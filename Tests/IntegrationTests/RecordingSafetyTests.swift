@@ -142,10 +142,16 @@ final class RecordingSafetyTests: XCTestCase {
         return (try JSONSerialization.jsonObject(with: o) as? [String: Any]) ?? [:]
     }
 
-    private func faultShim() throws -> String {
-        let path = Binaries.directory + "/liboperando-fault-shim.so"
-        guard FileManager.default.fileExists(atPath: path) else { throw Failure("\(path) is not built (swift build builds it)") }
-        return path
+    /// A daemon under the fault shim: its data directory is "full" while the returned flag file exists.
+    private func daemonOnAFillableDisk(extra: String) throws -> (DaemonProcess, flag: String) {
+        let shim = Binaries.directory + "/liboperando-fault-shim.so"
+        guard FileManager.default.fileExists(atPath: shim) else { throw Failure("\(shim) is not built (swift build builds it)") }
+        let directory = NSTemporaryDirectory() + "odfull-\(UUID().uuidString.prefix(8))"
+        try FileSystem.makeDirectories(directory + "/data")
+        let d = try DaemonProcess(
+            config: Self.config(extra: extra), directory: directory, environment: ["LD_PRELOAD": shim, "OPERANDO_FAULT_DIR": directory + "/data"])
+        try d.waitForStatus("devices connected") { $0.devicesConnected == 3 }
+        return (d, directory + "/data/.disk-full")
     }
 
     /// The disk fills up mid-run (simulated by the fault shim: writes under the data directory fail
@@ -153,13 +159,7 @@ final class RecordingSafetyTests: XCTestCase {
     /// answers, nothing written before is damaged, and recording resumes in a new segment when
     /// space returns; what arrived meanwhile is counted as dropped and the gap is recorded.
     func testDiskFull_midRun_pausesAndResumesWithoutDamage() throws {
-        let directory = NSTemporaryDirectory() + "odfull-\(UUID().uuidString.prefix(8))"
-        try FileSystem.makeDirectories(directory + "/data")
-        let flag = directory + "/data/.disk-full"
-        let d = try DaemonProcess(
-            config: Self.config(extra: "on_write_error = \"pause\"\nresume_free_mb = 1"), directory: directory,
-            environment: ["LD_PRELOAD": try faultShim(), "OPERANDO_FAULT_DIR": directory + "/data"])
-        try d.waitForStatus("devices connected") { $0.devicesConnected == 3 }
+        let (d, flag) = try daemonOnAFillableDisk(extra: "on_write_error = \"pause\"\nresume_free_mb = 1")
         let run = try d.json(RunInfo.self, ["run", "start", "filling"])
         try d.waitForStatus("data written") { ($0.streams.first { $0.name == "pstat/ei" }?.written ?? 0) >= 500 }
 
@@ -200,13 +200,7 @@ final class RecordingSafetyTests: XCTestCase {
     /// With on_write_error = "stop" a full disk closes the run as failed; the daemon stays up and
     /// records the next run once there is room.
     func testDiskFull_stopPolicy_closesTheRunAsFailedAndTheDaemonStaysUp() throws {
-        let directory = NSTemporaryDirectory() + "odfull-\(UUID().uuidString.prefix(8))"
-        try FileSystem.makeDirectories(directory + "/data")
-        let flag = directory + "/data/.disk-full"
-        let d = try DaemonProcess(
-            config: Self.config(extra: "on_write_error = \"stop\""), directory: directory,
-            environment: ["LD_PRELOAD": try faultShim(), "OPERANDO_FAULT_DIR": directory + "/data"])
-        try d.waitForStatus("devices connected") { $0.devicesConnected == 3 }
+        let (d, flag) = try daemonOnAFillableDisk(extra: "on_write_error = \"stop\"")
         _ = try d.json(RunInfo.self, ["run", "start", "doomed"])
         try d.waitForStatus("data written") { ($0.streams.first { $0.name == "pstat/ei" }?.written ?? 0) >= 100 }
         XCTAssertTrue(FileManager.default.createFile(atPath: flag, contents: nil))
