@@ -1,2 +1,0 @@
-// Nanonis TCP programming interface: codec and driver (being written).
-enum NanonisDriverPlaceholder {}

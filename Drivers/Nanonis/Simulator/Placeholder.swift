@@ -1,2 +1,0 @@
-// Nanonis controller simulator (being written).
-enum NanonisSimulatorPlaceholder {}

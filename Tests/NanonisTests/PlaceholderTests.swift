@@ -1,2 +1,0 @@
-import XCTest
-final class NanonisPlaceholderTests: XCTestCase { func testPlaceholder() {} }
