@@ -175,9 +175,9 @@ public final class Daemon: @unchecked Sendable {
             case "tail": result = try JSONValue(encoding: tail(args))
             case "sim.unplug", "sim.replug": result = try simulatedCable(args, plug: request.cmd == "sim.replug")
             case "ports": result = try JSONValue(encoding: ports())
-            case "move", "home", "trigger": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
+            case "move", "home", "trigger", "scan", "bias", "setpoint": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
             default:
-                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, run.recover, mark, tail, move, home, trigger, sim.unplug, sim.replug")
+                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, run.recover, mark, tail, move, home, trigger, scan, bias, setpoint, sim.unplug, sim.replug")
             }
             return .success(id: request.id, result)
         } catch let error as ControlError {
@@ -487,7 +487,9 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// `move` (args: device, axis, position, unit "mm"/"um", relative), `home` (device, axis) and
-    /// `trigger` (device, line "dtr"/"rts"/"gpioN", then `asserted` true/false or `pulse_ms`).
+    /// `trigger` (device, line "dtr"/"rts"/"gpioN", then `asserted` true/false or `pulse_ms`),
+    /// `scan` (device, action start/stop/pause/resume, direction up/down), `bias` (device, volts),
+    /// `setpoint` (device, value).
     func deviceCommand(_ name: String, _ args: [String: JSONValue]) throws -> DeviceCommandResult {
         let device = try string(args, "device")!
         guard let runner = runners.first(where: { $0.config.name == device }) else {
@@ -528,6 +530,24 @@ public final class Daemon: @unchecked Sendable {
             case .number(let ms)? where ms >= 0.1 && ms <= 10_000: arguments["pulse_ms"] = .number(ms)
             case let other?: throw ControlError(.badArguments, "\"pulse_ms\" must be a number of milliseconds in 0.1…10000, got \(other)")
             }
+        }
+        switch name {
+        case "scan":
+            let action = try string(args, "action")!
+            guard ["start", "stop", "pause", "resume"].contains(action) else {
+                throw ControlError(.badArguments, "\"action\" must be start, stop, pause or resume, got \"\(action)\"")
+            }
+            arguments["action"] = .string(action)
+            if let direction = try string(args, "direction", required: false) {
+                guard direction == "up" || direction == "down" else { throw ControlError(.badArguments, "\"direction\" must be up or down, got \"\(direction)\"") }
+                arguments["direction"] = .string(direction)
+            }
+        case "bias", "setpoint":
+            let key = name == "bias" ? "volts" : "value"
+            guard case .number(let v)? = args[key], v.isFinite else { throw ControlError(.badArguments, "\(name) needs \"\(key)\" (a number)") }
+            arguments[key] = .number(v)
+        default:
+            break
         }
         let values = try runner.perform(DeviceCommand(device: device, name: name, arguments: arguments))
         logger.info("\(name) on \(device): \(values)")

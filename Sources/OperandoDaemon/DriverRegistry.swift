@@ -1,5 +1,7 @@
 import DemoDriver
 import DemoSimulator
+import NanonisDriver
+import NanonisSimulator
 import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
@@ -8,13 +10,14 @@ import ZaberSimulator
 
 /// The drivers this build knows, and their simulators for `transport = "simulated"`.
 public enum DriverRegistry {
-    public static let names = [DemoPotentiostatDriver.driverName, DemoXRFDriver.driverName, ZaberStageDriver.driverName]
+    public static let names = [DemoPotentiostatDriver.driverName, DemoXRFDriver.driverName, ZaberStageDriver.driverName, NanonisDriver.driverName]
 
     private static func type(_ driver: String) -> (any Instrument.Type)? {
         switch driver {
         case DemoPotentiostatDriver.driverName: DemoPotentiostatDriver.self
         case DemoXRFDriver.driverName: DemoXRFDriver.self
         case ZaberStageDriver.driverName: ZaberStageDriver.self
+        case NanonisDriver.driverName: NanonisDriver.self
         default: nil
         }
     }
@@ -28,6 +31,7 @@ public enum DriverRegistry {
         case DemoPotentiostatDriver.driverName: try DemoPotentiostatDriver(name: name, settings: settings)
         case DemoXRFDriver.driverName: try DemoXRFDriver(name: name, settings: settings)
         case ZaberStageDriver.driverName: try ZaberStageDriver(name: name, settings: settings)
+        case NanonisDriver.driverName: try NanonisDriver(name: name, settings: settings)
         default: throw InstrumentError(.unsupported, device: name, "unknown driver \"\(driver)\"; known: \(names.joined(separator: ", "))")
         }
     }
@@ -44,6 +48,8 @@ public enum DriverRegistry {
             DemoXRFSimulator(cell: cell, clock: clock, serialNumber: "XRF-\(name)", deviceClock: deviceClock, seed: seed).serve(link.devicePackets, shouldStop: shouldStop)
         case ZaberStageDriver.driverName:
             ZaberSimulator(devices: ZaberSimulator.standard(count: 1), clock: clock, seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
+        case NanonisDriver.driverName:
+            NanonisSimulator(cell: cell, clock: clock, seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
         default:
             break
         }

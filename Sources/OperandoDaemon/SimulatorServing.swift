@@ -1,3 +1,5 @@
+import NanonisDriver
+import NanonisSimulator
 import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
@@ -9,13 +11,16 @@ public enum SimulatorServing {
     /// The Zaber ASCII daisy chain (`ZaberSimulator`). Zaber driver names in `DriverRegistry`
     /// (e.g. "zaber-ascii") are accepted for it too.
     public static let zaber = "zaber"
+    /// The Nanonis SPM controller (`NanonisSimulator`); "nanonis-spm" is accepted too.
+    public static let nanonis = "nanonis"
 
     private static func isZaber(_ name: String) -> Bool { name == zaber || name.hasPrefix("zaber") && DriverRegistry.names.contains(name) }
 
     /// Every simulator name `makeServer` accepts.
     public static var names: [String] {
-        var names = DriverRegistry.names.filter { DriverRegistry.linkKind($0) == .byteStream && !isZaber($0) }
+        var names = DriverRegistry.names.filter { DriverRegistry.linkKind($0) == .byteStream && !isZaber($0) && $0 != NanonisDriver.driverName }
         names.append(zaber)
+        names += [nanonis, NanonisDriver.driverName]
         names += DriverRegistry.names.filter { isZaber($0) && $0 != zaber }
         return names
     }
@@ -64,6 +69,13 @@ public enum SimulatorServing {
             }
             let chain = ZaberSimulator(devices: ZaberSimulator.standard(count: options.zaberDevices), clock: clock, seed: DriverRegistry.seed(for: options.name))
             return Server { client, shouldStop in chain.serve(client, shouldStop: shouldStop) }
+        }
+        if simulator == NanonisDriver.driverName || simulator == nanonis {
+            // One controller for all clients: its scan goes on while the host reconnects.
+            var params = VirtualCell.Parameters()
+            params.timeScale = options.timeScale
+            let controller = NanonisSimulator(cell: VirtualCell(params), clock: clock, seed: DriverRegistry.seed(for: options.name))
+            return Server { client, shouldStop in controller.serve(client, shouldStop: shouldStop) }
         }
         guard DriverRegistry.linkKind(simulator) == .byteStream else {
             throw InstrumentError(

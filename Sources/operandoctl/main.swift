@@ -137,7 +137,7 @@ struct OperandoCtl: ParsableCommand {
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
         usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
-        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Refit.self, Align.self, Export.self, Recover.self, Sim.self])
+        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Scan.self, Bias.self, Refit.self, Align.self, Export.self, Recover.self, Sim.self])
 
     /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
     /// command; they are moved behind it, where every command's option group reads them.
@@ -511,6 +511,34 @@ struct Recover: ParsableCommand {
         }
         try global.output(value, as: RunListEntry.self) { e in
             "run \(e.run.name) \(e.run.state): \(e.records ?? 0) records kept, \(e.dropped ?? 0) missing (dropped, damaged or torn), in \(e.run.directory)\n"
+        }
+    }
+}
+
+struct Scan: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Start, stop, pause or resume an AFM/SPM scan (a stimulus event on the timeline).")
+    enum Action: String, ExpressibleByArgument, CaseIterable { case start, stop, pause, resume }
+    @OptionGroup var global: Global
+    @Argument(help: "Device name.") var device: String
+    @Argument(help: "start, stop, pause or resume.") var action: Action
+    @Option(name: .long, help: "up or down (start only).") var direction: String?
+
+    func run() throws {
+        var args: [String: JSONValue] = ["device": .string(device), "action": .string(action.rawValue)]
+        if let direction { args["direction"] = .string(direction) }
+        try global.output(global.call("scan", args), as: DeviceCommandResult.self) { r in "\(r.device): scan \(action.rawValue)\n" }
+    }
+}
+
+struct Bias: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Set an SPM's tip–sample bias (V); it is read back and recorded as a stimulus.")
+    @OptionGroup var global: Global
+    @Argument(help: "Device name.") var device: String
+    @Argument(help: "Bias in volts.") var volts: Double
+
+    func run() throws {
+        try global.output(global.call("bias", ["device": .string(device), "volts": .number(volts)]), as: DeviceCommandResult.self) { r in
+            "\(r.device): bias set to \(r.values["set_v"].map { "\($0)" } ?? "?") V, reads \(r.values["read_v"].map { "\($0)" } ?? "?") V\n"
         }
     }
 }

@@ -247,26 +247,7 @@ final class DaemonTests: XCTestCase {
     }
 
     func testTCPDevice_servedByOperandoSim_recordsAndReconnectsAfterTheSimulatorRestarts() throws {
-        func startSim(port: UInt16) throws -> (Process, UInt16) {
-            let sim = Process()
-            sim.executableURL = URL(fileURLWithPath: try Binaries.path("operando-sim"))
-            sim.arguments = ["demo-potentiostat", "--listen", "127.0.0.1:\(port)"]
-            let out = Pipe()
-            sim.standardOutput = out
-            sim.standardError = FileHandle.nullDevice
-            try sim.run()
-            // First line: "operando-sim: demo-potentiostat listening on 127.0.0.1:PORT"
-            var line = Data()
-            while !line.contains(0x0A) {
-                let chunk = out.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                line += chunk
-            }
-            let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard let p = text.split(separator: ":").last.flatMap({ UInt16($0) }) else { throw Failure("operando-sim said: \(text)") }
-            return (sim, p)
-        }
-        var (sim, port) = try startSim(port: 0)
+        var (sim, port) = try startSimulator("demo-potentiostat", port: 0)
         defer { if sim.isRunning { sim.terminate(); sim.waitUntilExit() } }
         let d = try DaemonProcess(config: Self.config(pstatTransport: "tcp:127.0.0.1:\(port)"))
         let run = try d.json(RunInfo.self, ["run", "start", "over-tcp"])
@@ -277,7 +258,7 @@ final class DaemonTests: XCTestCase {
         sim.terminate()
         sim.waitUntilExit()
         try d.waitForStatus("pstat disconnected") { $0.devicesConnected == 1 }
-        (sim, port) = try startSim(port: port)
+        (sim, port) = try startSimulator("demo-potentiostat", port: port)
         let before = try d.json(StatusResult.self, ["status"]).streams.first { $0.name == "pstat/ei" }!.written
         try d.waitForStatus("pstat reconnected over TCP") { s in
             s.devicesConnected == 2 && (s.streams.first { $0.name == "pstat/ei" }?.written ?? 0) > before + 20

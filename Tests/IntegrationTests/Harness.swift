@@ -90,3 +90,24 @@ final class DaemonProcess {
     }
 }
 
+
+/// `operando-sim SIMULATOR --listen 127.0.0.1:PORT` (port 0: any); returns it and its port.
+func startSimulator(_ simulator: String, port: UInt16) throws -> (Process, UInt16) {
+    let sim = Process()
+    sim.executableURL = URL(fileURLWithPath: try Binaries.path("operando-sim"))
+    sim.arguments = [simulator, "--listen", "127.0.0.1:\(port)"]
+    let out = Pipe()
+    sim.standardOutput = out
+    sim.standardError = FileHandle.nullDevice
+    try sim.run()
+    // First line: "operando-sim: SIMULATOR listening on 127.0.0.1:PORT"
+    var line = Data()
+    while !line.contains(0x0A) {
+        let chunk = out.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        line += chunk
+    }
+    let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    guard let p = text.split(separator: ":").last.flatMap({ UInt16($0) }) else { throw Failure("operando-sim said: \(text)") }
+    return (sim, p)
+}
