@@ -469,7 +469,9 @@ public class HDF5Container: HDF5Object {
         let type = try T.hdf5Type.littleEndian(at)
         let space = try HDF5Temporary.dataspace([values.count], at)
         let bytes = values.count * T.hdf5Type.size
-        let chunking: HDF5Chunking? = bytes > compressAbove ? .sized(rowElements: 1, elementSize: T.hdf5Type.size) : nil
+        var chunking: HDF5Chunking? = bytes > compressAbove ? .sized(rowElements: 1, elementSize: T.hdf5Type.size) : nil
+        // A fixed-size dataset's chunk may not be longer than the dataset.
+        if let c = chunking { chunking = HDF5Chunking(rows: min(c.rows, max(1, values.count)), deflateLevel: c.deflateLevel, shuffle: c.shuffle) }
         let dcpl = try HDF5Temporary.datasetCreation(chunking, rank: 1, rowShape: [], at)
         let d = try createDataset(name, type: type.id, space: space.id, dcpl: dcpl.id, rows: values.count, rowShape: [], elementType: T.hdf5Type)
         try withBytes(of: values) { (b) throws(HDF5Error) in try writeAll(d, memoryType: T.hdf5Type.native, values.isEmpty ? nil : b.baseAddress) }

@@ -590,6 +590,28 @@ final class ExportTests: XCTestCase {
         XCTAssertEqual(r["maxshape"] as? [Int], [-1, 3], "unlimited rows (None in h5py), fixed row length")
     }
 
+    /// A whole dataset large enough to be compressed but shorter than a default chunk (a long
+    /// frame's channel axis: 3 channels × 2 directions × 32 lines × 64 pixels) is written with a
+    /// chunk no longer than itself, and reads back.
+    func testHDF5_compressedWholeDataset_shorterThanADefaultChunk_isWritten() throws {
+        let path = directory + "/short.h5"
+        let file = try HDF5File.create(path)
+        let values = (0..<12_288).map { Int64($0) }
+        try file.writeDataset("channel", values).close()
+        try file.close()
+        let dump = Process()
+        dump.executableURL = URL(fileURLWithPath: "/usr/bin/h5dump")
+        dump.arguments = ["-H", "-p", path]
+        let out = Pipe()
+        dump.standardOutput = out
+        try dump.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        dump.waitUntilExit()
+        XCTAssertEqual(dump.terminationStatus, 0)
+        XCTAssertTrue(text.contains("DEFLATE"), text)
+        XCTAssertTrue(text.contains("12288"), text)
+    }
+
     func testHDF5Error_carriesTheCallThePathAndHDF5sOwnMessage() throws {
         let path = directory + "/missing/x.h5"
         XCTAssertThrowsError(try HDF5File.create(path)) { error in
