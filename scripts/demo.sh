@@ -36,6 +36,7 @@ sleep 2
 ctl move stage 2.5mm
 sleep "$((half > 2 ? half - 2 : 1))"
 echo; echo "==> operandoctl mark 'beam on sample'"; ctl mark "beam on sample"
+echo; echo "==> operandoctl bias afm 0.5 (the AFM's tip bias: a stimulus on the same timeline)"; ctl bias afm 0.5
 echo; echo "==> operandoctl trigger pstat --line gpio0 --pulse-ms 5 (a TTL edge on the potentiostat's GPIO, on its clock)"
 ctl trigger pstat --line gpio0 --pulse-ms 5
 sleep "$((seconds - half))"
@@ -54,6 +55,11 @@ ctl align "$run" --response xrf/spectrum --stimulus pstat >"$work/align.txt"
 head -n 8 "$work/align.txt"
 ctl align "$run" --response xrf/spectrum --stimulus pstat --csv >"$work/align.csv"
 echo "(all $(($(wc -l <"$work/align.csv") - 1)) spectra as CSV: $work/align.csv)"
+echo; echo "==> operandoctl align $run --response afm/line --stimulus pstat (the electrochemical state during each AFM scan line; first rows)"
+ctl align "$run" --response afm/line --stimulus pstat >"$work/align-afm.txt"
+head -n 5 "$work/align-afm.txt" | cut -c1-160
+echo; echo "==> operandoctl export $run --output $work/demo.nxs (NeXus/HDF5: opens in h5py, silx, nexusformat)"
+ctl export "$run" --output "$work/demo.nxs"
 
 kill -TERM "$daemon"; wait "$daemon" || true
 trap - EXIT
