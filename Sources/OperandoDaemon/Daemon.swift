@@ -175,9 +175,9 @@ public final class Daemon: @unchecked Sendable {
             case "tail": result = try JSONValue(encoding: tail(args))
             case "sim.unplug", "sim.replug": result = try simulatedCable(args, plug: request.cmd == "sim.replug")
             case "ports": result = try JSONValue(encoding: ports())
-            case "move", "home", "trigger", "scan", "bias", "setpoint": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
+            case "move", "home", "trigger", "scan", "bias", "setpoint", "tip": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
             default:
-                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, run.recover, mark, tail, move, home, trigger, scan, bias, setpoint, sim.unplug, sim.replug")
+                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, run.recover, mark, tail, move, home, trigger, scan, bias, setpoint, tip, sim.unplug, sim.replug")
             }
             return .success(id: request.id, result)
         } catch let error as ControlError {
@@ -489,7 +489,7 @@ public final class Daemon: @unchecked Sendable {
     /// `move` (args: device, axis, position, unit "mm"/"um", relative), `home` (device, axis) and
     /// `trigger` (device, line "dtr"/"rts"/"gpioN", then `asserted` true/false or `pulse_ms`),
     /// `scan` (device, action start/stop/pause/resume, direction up/down), `bias` (device, volts),
-    /// `setpoint` (device, value).
+    /// `setpoint` (device, value), `tip` (device, x_nm and y_nm, or neither to read).
     func deviceCommand(_ name: String, _ args: [String: JSONValue]) throws -> DeviceCommandResult {
         let device = try string(args, "device")!
         guard let runner = runners.first(where: { $0.config.name == device }) else {
@@ -542,6 +542,15 @@ public final class Daemon: @unchecked Sendable {
                 guard direction == "up" || direction == "down" else { throw ControlError(.badArguments, "\"direction\" must be up or down, got \"\(direction)\"") }
                 arguments["direction"] = .string(direction)
             }
+        case "tip":
+            for key in ["x_nm", "y_nm"] {
+                switch args[key] {
+                case nil, .null?: break
+                case .number(let v)? where v.isFinite: arguments[key] = .number(v)
+                case let other?: throw ControlError(.badArguments, "\"\(key)\" must be a number of nm, got \(other)")
+                }
+            }
+            guard (arguments["x_nm"] == nil) == (arguments["y_nm"] == nil) else { throw ControlError(.badArguments, "tip needs both x_nm and y_nm, or neither (to read)") }
         case "bias", "setpoint":
             let key = name == "bias" ? "volts" : "value"
             guard case .number(let v)? = args[key], v.isFinite else { throw ControlError(.badArguments, "\(name) needs \"\(key)\" (a number)") }

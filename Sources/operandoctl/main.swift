@@ -137,7 +137,7 @@ struct OperandoCtl: ParsableCommand {
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
         usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
-        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Scan.self, Bias.self, Refit.self, Align.self, Export.self, Recover.self, Sim.self])
+        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Scan.self, Bias.self, Tip.self, Refit.self, Align.self, Export.self, Recover.self, Sim.self])
 
     /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
     /// command; they are moved behind it, where every command's option group reads them.
@@ -539,6 +539,31 @@ struct Bias: ParsableCommand {
     func run() throws {
         try global.output(global.call("bias", ["device": .string(device), "volts": .number(volts)]), as: DeviceCommandResult.self) { r in
             "\(r.device): bias set to \(r.values["set_v"].map { "\($0)" } ?? "?") V, reads \(r.values["read_v"].map { "\($0)" } ?? "?") V\n"
+        }
+    }
+}
+
+struct Tip: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move an SPM's tip to (X, Y) nm (a stimulus), or read where it is.",
+        discussion: "Negative values: --y-nm=-20.")
+    @OptionGroup var global: Global
+    @Argument(help: "Device name.") var device: String
+    @Option(name: .long, help: "X in nm (with --y-nm; neither reads the position).") var xNm: Double?
+    @Option(name: .long, help: "Y in nm.") var yNm: Double?
+
+    func validate() throws {
+        if (xNm == nil) != (yNm == nil) { throw ValidationError("give --x-nm and --y-nm, or neither to read the position") }
+    }
+
+    func run() throws {
+        var args: [String: JSONValue] = ["device": .string(device)]
+        if let xNm, let yNm {
+            args["x_nm"] = .number(xNm)
+            args["y_nm"] = .number(yNm)
+        }
+        try global.output(global.call("tip", args), as: DeviceCommandResult.self) { r in
+            "\(r.device): tip at (\(r.values["x_nm"].map { "\($0)" } ?? "?"), \(r.values["y_nm"].map { "\($0)" } ?? "?")) nm\n"
         }
     }
 }

@@ -59,6 +59,8 @@ final class NanonisDaemonTests: XCTestCase {
         try d.waitForStatus("a whole frame") { ($0.streams.first { $0.name == "afm/frame" }?.written ?? 0) >= 1 }
         let bias = try d.json(DeviceCommandResult.self, ["bias", "afm", "0.25"])
         XCTAssertEqual(bias.values["read_v"]?.numberValue ?? 0, 0.25, accuracy: 1e-6)
+        let tip = try d.json(DeviceCommandResult.self, ["tip", "afm", "--x-nm", "150", "--y-nm=-20"])
+        XCTAssertEqual(tip.values["x_nm"]?.numberValue ?? 0, 150, accuracy: 1e-6)
         XCTAssertEqual(try d.ctl(["scan", "afm", "pause"]).status, 0)
         XCTAssertEqual(try d.ctl(["scan", "afm", "resume"]).status, 0)
         let bad = try d.ctl(["scan", "afm", "sideways"])
@@ -89,6 +91,7 @@ final class NanonisDaemonTests: XCTestCase {
         XCTAssertNotNil(biasEvent.uncertaintyNs)
         XCTAssertTrue(events.contains { $0.kind == .gap }, "the dropped connection left a gap")
         XCTAssertTrue(events.filter { $0.kind == .stimulus && $0.values["command"] == .string("scan") }.count >= 2)
+        XCTAssertTrue(events.contains { $0.kind == .stimulus && $0.values["command"] == .string("tip") })
 
         // Every line is tied to the potentiostat's state while it was scanned.
         let table = try d.json(AlignmentTable.self, ["align", "afm", "--response", "afm/line", "--stimulus", "pstat"])

@@ -96,6 +96,29 @@ final class NanonisDriverSimulatorTests: XCTestCase {
         XCTAssertTrue(lines(sink, driver).isEmpty, "no scan was started")
     }
 
+    /// Follow Me: the tip goes where it is sent (FolMe.XYPosSet in m, f64), is read back, and the
+    /// move is a stimulus; out of the piezo range is the controller's error; without a target the
+    /// position is only read.
+    func testTip_movesIsReadBackAndRecorded_outOfRangeIsRefused() throws {
+        let bench = SimulatorBench()
+        let driver = try NanonisDriver(name: "afm", settings: fastSettings())
+        let sink = CollectingSink(clock: bench.clock)
+        _ = try driver.setup(link: bench.host, sink: sink)
+        let moved = try driver.perform(DeviceCommand(device: "afm", name: "tip", arguments: ["x_nm": .number(120), "y_nm": .number(-45.5)]), link: bench.host, sink: sink)
+        XCTAssertEqual(moved["x_nm"]?.doubleValue ?? 0, 120, accuracy: 1e-9)
+        XCTAssertEqual(moved["y_nm"]?.doubleValue ?? 0, -45.5, accuracy: 1e-9)
+        let event = try XCTUnwrap(sink.events.last { $0.kind == .stimulus })
+        XCTAssertEqual(event.values["command"], .string("tip"))
+        XCTAssertNotNil(event.uncertaintyNs)
+        let events = sink.events.count
+        let read = try driver.perform(DeviceCommand(device: "afm", name: "tip"), link: bench.host, sink: sink)
+        XCTAssertEqual(read["x_nm"]?.doubleValue ?? 0, 120, accuracy: 1e-9)
+        XCTAssertEqual(sink.events.count, events, "reading the position is no stimulus")
+        XCTAssertThrowsError(try driver.perform(DeviceCommand(device: "afm", name: "tip", arguments: ["x_nm": .number(5e5), "y_nm": .number(0)]), link: bench.host, sink: sink)) {
+            XCTAssertTrue("\($0)".contains("piezo range"), "\($0)")
+        }
+    }
+
     func testBiasAndSetpoint_areSetReadBackAndRecordedAsStimuli() throws {
         let bench = SimulatorBench()
         let driver = try NanonisDriver(name: "afm", settings: fastSettings())

@@ -154,6 +154,14 @@ def main():
     if v is not None:
         c.expect("Scan.StatusGet", v[0] == 0, f"status {v[0]} after stop")
         c.results["Scan.StatusGet after stop"] = v[0]
+    # FolMe.XYPosSet / XYPosGet: the tip position (m, float64).
+    c.call("FolMe.XYPosSet", client.FolMe_XYPosSet, 1.5e-7, -2.5e-8, 1)
+    v = c.call("FolMe.XYPosGet", client.FolMe_XYPosGet, 1)
+    if v is not None:
+        c.close("FolMe.XYPosGet X", v[0], 1.5e-7)
+        c.close("FolMe.XYPosGet Y", v[1], -2.5e-8)
+        c.results["FolMe.XYPosGet"] = [v[0], v[1]]
+    c.call("FolMe.XYPosSet out of range", client.FolMe_XYPosSet, 1.0, 0.0, 1, expect_error=True)
     # Not called: Scan_PropsGet (nanonis-spm 1.0.9 cannot parse any reply to it: for the "*+i"
     # in its response types it adds the previous value, a list, to an int) and Util_VersionGet
     # (its "+*c" response types are not a format struct knows).

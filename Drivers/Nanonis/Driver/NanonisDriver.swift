@@ -313,8 +313,33 @@ public final class NanonisDriver: Instrument, @unchecked Sendable {
                 kind: .stimulus, source: name, hostTime: at.instant, uncertaintyNs: at.uncertaintyNs, message: "Z controller setpoint set to \(Float(value)) (reads \(read))",
                 values: values.merging(["command": .string("setpoint")]) { a, _ in a }))
             return values
+        case "tip":
+            // Follow Me: move the tip to (x, y) when given, then read where it is.
+            var sent: HostInstant?
+            var received: HostInstant?
+            if let x = command.arguments["x_nm"]?.doubleValue, let y = command.arguments["y_nm"]?.doubleValue {
+                guard x.isFinite, y.isFinite else { throw InstrumentError(.rejected, device: name, "tip needs finite x_nm and y_nm") }
+                var body = NanonisBodyWriter()
+                body.float64(x * 1e-9)
+                body.float64(y * 1e-9)
+                body.uint32(1)  // wait for the end of the move
+                let r = try call(port, sink, "FolMe.XYPosSet", body: body) { (_) throws(NanonisWireError) in () }
+                (sent, received) = (r.sent, r.received)
+            }
+            var body = NanonisBodyWriter()
+            body.uint32(1)  // wait for newest data
+            let read = try call(port, sink, "FolMe.XYPosGet", body: body) { (r) throws(NanonisWireError) in (try r.float64("X (m)"), try r.float64("Y (m)")) }.value
+            let values: [String: EventValue] = ["x_nm": .number(read.0 * 1e9), "y_nm": .number(read.1 * 1e9)]
+            if let sent, let received {
+                let at = HostInstant.bracketMidpoint(sent: sent, received: received)
+                sink.event(Event(
+                    kind: .stimulus, source: name, hostTime: at.instant, uncertaintyNs: at.uncertaintyNs,
+                    message: "tip moved to (\(read.0 * 1e9), \(read.1 * 1e9)) nm",
+                    values: values.merging(["command": .string("tip")]) { a, _ in a }))
+            }
+            return values
         default:
-            throw InstrumentError(.unsupported, device: name, "no command \"\(command.name)\"; the nanonis-spm driver knows scan, bias, setpoint")
+            throw InstrumentError(.unsupported, device: name, "no command \"\(command.name)\"; the nanonis-spm driver knows scan, bias, setpoint, tip")
         }
     }
 

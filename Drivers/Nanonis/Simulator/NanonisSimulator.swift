@@ -55,6 +55,8 @@ public final class NanonisSimulator: @unchecked Sendable {
     // Controller state.
     private var bias: Float = 0.2
     private var setpoint: Float = 5e-9
+    /// Tip position for Follow Me (m), when not scanning.
+    private var tip: (x: Double, y: Double) = (0, 0)
     private var bufferChannels: [Int32] = [30, 0, 74]
     private var frame = (centerX: Float(0), centerY: Float(0), width: Float(5e-6), height: Float(5e-6), angle: Float(0))
     private var speed = (forward: 1e-5, backward: 1e-5, keepTime: false)
@@ -246,6 +248,8 @@ public final class NanonisSimulator: @unchecked Sendable {
         "Signals.NamesGet": { $0.texts([]) }, "Signals.ValGet": { $0.f32(0) }, "Signals.ValsGet": { $0.int(0) },
         "ZCtrl.SetpntSet": { _ in }, "ZCtrl.SetpntGet": { $0.f32(0) },
         "Util.VersionGet": { r in r.text(""); r.text(""); r.u32(0); r.u32(0) },
+        "FolMe.XYPosSet": { _ in },
+        "FolMe.XYPosGet": { r in r.f64(0); r.f64(0) },
     ]
 
     private func execute(_ name: String, _ args: inout SimArguments, _ reply: inout SimReply) throws {
@@ -417,6 +421,22 @@ public final class NanonisSimulator: @unchecked Sendable {
         case "ZCtrl.SetpntGet":
             try args.end(name)
             reply.f32(setpoint)
+        case "FolMe.XYPosSet":
+            // X (m) f64, Y (m) f64, wait for the end of the move (u32).
+            let x = try args.f64("X (m)")
+            let y = try args.f64("Y (m)")
+            _ = try args.u32("Wait end of move")
+            try args.end(name)
+            guard x.isFinite, y.isFinite, abs(x) <= 1e-4, abs(y) <= 1e-4 else {
+                throw SimArgumentFault(description: "the position (\(x), \(y)) m is outside the ±100 µm piezo range")
+            }
+            tip = (x, y)
+        case "FolMe.XYPosGet":
+            // Wait for newest data (u32) → X (m), Y (m).
+            _ = try args.u32("Wait for newest data")
+            try args.end(name)
+            reply.f64(tip.x)
+            reply.f64(tip.y)
         case "Util.VersionGet":
             try args.end(name)
             reply.text(Self.productLine)

@@ -91,6 +91,9 @@ struct SimArguments {
     mutating func u32(_ what: String) throws(SimArgumentFault) -> UInt32 { try word(what) }
     mutating func u16(_ what: String) throws(SimArgumentFault) -> UInt16 { try bytes(2, what).reduce(0) { $0 << 8 | UInt16($1) } }
     mutating func f32(_ what: String) throws(SimArgumentFault) -> Float { Float(bitPattern: try word(what)) }
+    mutating func f64(_ what: String) throws(SimArgumentFault) -> Double {
+        Double(bitPattern: try bytes(8, what).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+    }
 
     /// A string with its size (int) in front.
     mutating func text(_ what: String) throws(SimArgumentFault) -> String {
@@ -131,6 +134,11 @@ struct SimReply {
     mutating func u32(_ v: UInt32) { values += [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
     mutating func int(_ v: Int32) { u32(UInt32(bitPattern: v)) }
     mutating func f32(_ v: Float) { u32(v.bitPattern) }
+    mutating func f64(_ v: Double) {
+        let b = v.bitPattern
+        u32(UInt32(b >> 32))
+        u32(UInt32(b & 0xFFFF_FFFF))
+    }
 
     /// A string with its size (int) in front.
     mutating func text(_ s: String) {
