@@ -48,9 +48,16 @@ final class NanonisDriverSimulatorTests: XCTestCase {
             XCTAssertEqual(v[2], 1, "up")
             XCTAssertEqual(v[3], Float(i / 8), "frame number")
             XCTAssertTrue(v[16...].allSatisfy(\.isFinite), "line \(i) is complete")
+            XCTAssertTrue(v[5..<16].allSatisfy(\.isNaN), "the rest of the header row is NaN")
             XCTAssertNil(record.deviceTime)
         }
         XCTAssertEqual(lineRecords.map(\.hostTime), lineRecords.map(\.hostTime).sorted(), "line starts in order")
+        // Each line has a duration (its end = start + duration) and ends before the next begins.
+        for (a, b) in zip(lineRecords, lineRecords.dropFirst()) {
+            let end = Double(a.hostTime.nanoseconds) + Double(a.floats[4]) * 1e9
+            XCTAssertGreaterThan(a.floats[4], 0, "line \(a.floats[0]) has a duration")
+            XCTAssertLessThanOrEqual(end, Double(b.hostTime.nanoseconds) + 1_000, "line \(a.floats[0]) ends before the next starts")
+        }
         // The first frame holds exactly the first 8 lines' data, channel by channel and direction.
         let frame = frames(sink, driver)[0]
         let f = frame.floats

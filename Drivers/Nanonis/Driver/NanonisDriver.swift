@@ -10,9 +10,10 @@ import OperandoCore
 /// - `<name>/line`, frames of f32, shape [1 + 2C, P]: one record per scanned line, both
 ///   directions. Row 0 is a header: [0] the line's number in scan order (0 = the first line of
 ///   the frame), [1] its row in the frame as Scan.FrameDataGrab returns it, [2] the scan
-///   direction (1 up, 0 down), [3] the frame number (counted by this driver from 0), then NaN.
-///   Rows 1 + 2c and 2 + 2c are channel c's forward and backward data. The record's host time is
-///   the line's start: the previous line's end, or the scan's start.
+///   direction (1 up, 0 down), [3] the frame number (counted by this driver from 0), [4] the
+///   line's duration in s, then NaN. Rows 1 + 2c and 2 + 2c are channel c's forward and backward
+///   data. The record's host time is the line's start (the previous line's end, or the scan's
+///   start); its end is the start plus the duration (when the controller reported it done).
 /// - `<name>/frame`, frames of f32, shape [C, 2, L, P]: one record per frame when it is complete
 ///   (or when the scan stops mid-frame: unscanned lines are NaN), channel-major, forward then
 ///   backward, rows as Scan.FrameDataGrab returns them. Host time: the frame's start.
@@ -487,8 +488,9 @@ public final class NanonisDriver: Instrument, @unchecked Sendable {
             var start = observed.advanced(byNanoseconds: -Int64(last - k + 1) * linePeriodNs)
             if let end = progress.lastLineEnd, end > start { start = end }
             if progress.start == nil { progress.start = start }
-            if pushLine(k, of: progress, start: start, sink) { incomplete += 1 }
-            progress.lastLineEnd = k == last ? observed : start.advanced(byNanoseconds: linePeriodNs)
+            let end = k == last ? observed : start.advanced(byNanoseconds: linePeriodNs)
+            if pushLine(k, of: progress, start: start, end: end, sink) { incomplete += 1 }
+            progress.lastLineEnd = end
         }
         if incomplete > 0 {
             sink.event(Event(kind: .alarm, source: name, hostTime: observed, message: "\(incomplete) of lines \(first)…\(last) of frame \(progress.number) have unscanned (NaN) pixels",
@@ -505,7 +507,7 @@ public final class NanonisDriver: Instrument, @unchecked Sendable {
 
     /// Pushes line `k` (scan order) of the frame `progress` follows, from `frameStore`; true when
     /// some of its pixels are NaN (not scanned).
-    private func pushLine(_ k: Int, of progress: FrameProgress, start: HostInstant, _ sink: any RecordSink) -> Bool {
+    private func pushLine(_ k: Int, of progress: FrameProgress, start: HostInstant, end: HostInstant, _ sink: any RecordSink) -> Bool {
         let p = settings.pixels
         let l = settings.lines
         let up = progress.up ?? scanUp
@@ -514,7 +516,8 @@ public final class NanonisDriver: Instrument, @unchecked Sendable {
         lineRecord[1] = Float(row)
         lineRecord[2] = up ? 1 : 0
         lineRecord[3] = Float(progress.number)
-        for i in 4..<p { lineRecord[i] = .nan }
+        lineRecord[4] = Float(max(0, end.seconds(since: start)))
+        for i in 5..<p { lineRecord[i] = .nan }
         var hasNaN = false
         for ch in 0..<settings.channels.count {
             for d in 0..<2 {
@@ -559,7 +562,7 @@ public final class NanonisDriver: Instrument, @unchecked Sendable {
                 frameStore.replaceSubrange(base..<base + p, with: spareStore[base..<base + p])
             }
             let start = (progress.lastLineEnd ?? sink.clock.now()).advanced(byNanoseconds: Int64(k - first) * linePeriodNs)
-            _ = pushLine(k, of: progress, start: start, sink)
+            _ = pushLine(k, of: progress, start: start, end: start.advanced(byNanoseconds: linePeriodNs), sink)
             recovered += 1
         }
         if recovered > 0 { progress.lastLineEnd = progress.lastLineEnd?.advanced(byNanoseconds: Int64(l - first) * linePeriodNs) }
