@@ -81,6 +81,12 @@ let package = Package(
             path: "Drivers/Zaber/Simulator", swiftSettings: swiftSettings),
 
         .target(
+            name: "PalmSensDriver", dependencies: ["OperandoCore"], path: "Drivers/PalmSens/Driver",
+            swiftSettings: swiftSettings),
+        .target(
+            name: "PalmSensSimulator", dependencies: ["OperandoCore", "OperandoVirtualCell"],
+            path: "Drivers/PalmSens/Simulator", swiftSettings: swiftSettings),
+        .target(
             name: "NanonisDriver", dependencies: ["OperandoCore"], path: "Drivers/Nanonis/Driver",
             swiftSettings: swiftSettings),
         .target(
@@ -140,6 +146,7 @@ let package = Package(
         .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
         .testTarget(name: "ZaberTests", dependencies: ["ZaberDriver", "ZaberSimulator", "OperandoIO"]),
+        .testTarget(name: "PalmSensTests", dependencies: ["PalmSensDriver", "PalmSensSimulator", "OperandoIO", "OperandoVirtualCell"]),
         .testTarget(name: "NanonisTests", dependencies: ["NanonisDriver", "NanonisSimulator", "OperandoIO", "OperandoVirtualCell"]),
         .testTarget(
             name: "SerialHardwareTests",

@@ -1,0 +1,2 @@
+// PalmSens MethodSCRIPT codec and driver (being written).
+enum PalmSensDriverPlaceholder {}

@@ -1,0 +1,2 @@
+// PalmSens MethodSCRIPT device simulator (being written).
+enum PalmSensSimulatorPlaceholder {}

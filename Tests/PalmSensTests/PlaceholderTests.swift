@@ -1,0 +1,2 @@
+import XCTest
+final class PalmSensPlaceholderTests: XCTestCase { func testPlaceholder() {} }
