@@ -1,2 +1,0 @@
-// PalmSens MethodSCRIPT codec and driver (being written).
-enum PalmSensDriverPlaceholder {}

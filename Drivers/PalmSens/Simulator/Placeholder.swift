@@ -1,2 +1,0 @@
-// PalmSens MethodSCRIPT device simulator (being written).
-enum PalmSensSimulatorPlaceholder {}

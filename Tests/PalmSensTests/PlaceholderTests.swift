@@ -1,2 +1,0 @@
-import XCTest
-final class PalmSensPlaceholderTests: XCTestCase { func testPlaceholder() {} }
