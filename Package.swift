@@ -97,7 +97,7 @@ let package = Package(
             name: "OperandoDaemon",
             dependencies: [
                 "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoControl", "OperandoSync", "OperandoTimeline",
-                "OperandoVirtualCell", "DemoDriver", "DemoSimulator", "ZaberDriver", "ZaberSimulator", "NanonisDriver", "NanonisSimulator",
+                "OperandoVirtualCell", "DemoDriver", "DemoSimulator", "ZaberDriver", "ZaberSimulator", "NanonisDriver", "NanonisSimulator", "PalmSensDriver", "PalmSensSimulator",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -132,7 +132,7 @@ let package = Package(
         .executableTarget(
             name: "operando-bench",
             dependencies: [
-                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoSync", "OperandoTimeline",
+                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoSync", "OperandoTimeline", "PalmSensDriver",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -146,11 +146,13 @@ let package = Package(
         .testTarget(name: "DemoInstrumentTests", dependencies: ["DemoDriver", "DemoSimulator", "OperandoIO", "OperandoBuffers"]),
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
         .testTarget(name: "ZaberTests", dependencies: ["ZaberDriver", "ZaberSimulator", "OperandoIO"]),
-        .testTarget(name: "PalmSensTests", dependencies: ["PalmSensDriver", "PalmSensSimulator", "OperandoIO", "OperandoVirtualCell"]),
+        .testTarget(
+            name: "PalmSensTests", dependencies: ["PalmSensDriver", "PalmSensSimulator", "OperandoIO", "OperandoVirtualCell"],
+            exclude: ["Fixtures"]),
         .testTarget(name: "NanonisTests", dependencies: ["NanonisDriver", "NanonisSimulator", "OperandoIO", "OperandoVirtualCell"]),
         .testTarget(
             name: "SerialHardwareTests",
-            dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTestSupport"]),
+            dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTestSupport", "OperandoTimeline"]),
         .target(
             name: "OperandoTestSupport", dependencies: ["OperandoCore", "OperandoStore", "OperandoControl", "OperandoIO"],
             path: "Tests/OperandoTestSupport"),

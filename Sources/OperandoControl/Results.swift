@@ -77,12 +77,16 @@ public struct StatusResult: Codable, Sendable {
     public var paused: String?
     /// Free bytes in the data directory's file system.
     public var freeBytes: Int?
+    /// Per device that reports it: what it is doing (technique, step, cycle, E, I, …).
+    public var activities: [String: [String: JSONValue]]?
 
     public init(
         daemonVersion: String, protocolVersion: Int, pid: Int32, uptimeSeconds: Double, hostTimeNanoseconds: Int64, state: String, run: RunInfo?,
         dataDirectory: String, durability: String, writeError: String?, bytesWritten: UInt64, memoryBudgetBytes: Int, memoryUsedBytes: Int,
-        devicesConnected: Int, devicesTotal: Int, streams: [StreamStatusInfo], paused: String? = nil, freeBytes: Int? = nil
+        devicesConnected: Int, devicesTotal: Int, streams: [StreamStatusInfo], paused: String? = nil, freeBytes: Int? = nil,
+        activities: [String: [String: JSONValue]]? = nil
     ) {
+        self.activities = activities
         self.daemonVersion = daemonVersion
         self.protocolVersion = protocolVersion
         self.pid = pid

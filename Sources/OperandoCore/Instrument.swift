@@ -78,6 +78,9 @@ public protocol Instrument: AnyObject, Sendable {
     /// subtracted from arrivals and half added to every uncertainty. Default 1 ms (a USB frame
     /// or a few bytes at serial speeds); the device's `clock_latency_max_us` overrides it.
     static var oneWayLatencyMaxNs: Int64 { get }
+    /// True when `perform(DeviceCommand(name: "status"))` answers what the device is doing (a
+    /// technique, its step, cycle, E and I); `status` then shows it. Default false.
+    static var reportsActivity: Bool { get }
 }
 
 extension Instrument {
@@ -90,6 +93,8 @@ extension Instrument {
     public static var clockResolutionNs: Double { 1 }
 
     public static var oneWayLatencyMaxNs: Int64 { 1_000_000 }
+
+    public static var reportsActivity: Bool { false }
 }
 
 /// A command for one device from the control socket.

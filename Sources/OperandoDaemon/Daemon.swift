@@ -175,9 +175,9 @@ public final class Daemon: @unchecked Sendable {
             case "tail": result = try JSONValue(encoding: tail(args))
             case "sim.unplug", "sim.replug": result = try simulatedCable(args, plug: request.cmd == "sim.replug")
             case "ports": result = try JSONValue(encoding: ports())
-            case "move", "home", "trigger", "scan", "bias", "setpoint", "tip": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
+            case "move", "home", "trigger", "scan", "bias", "setpoint", "tip", "technique", "abort": result = try JSONValue(encoding: deviceCommand(request.cmd, args))
             default:
-                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, run.recover, mark, tail, move, home, trigger, scan, bias, setpoint, tip, sim.unplug, sim.replug")
+                throw ControlError(.unknownCommand, "unknown command \"\(request.cmd)\"; commands: status, devices, ports, run.start, run.stop, run.list, run.refit, run.align, run.recover, mark, tail, move, home, trigger, scan, bias, setpoint, tip, technique, abort, sim.unplug, sim.replug")
             }
             return .success(id: request.id, result)
         } catch let error as ControlError {
@@ -230,7 +230,19 @@ public final class Daemon: @unchecked Sendable {
             dataDirectory: dataDirectory, durability: Recorder.Options(syncInterval: config.syncInterval).durabilityStatement, writeError: s.writeError,
             bytesWritten: s.bytesWritten, memoryBudgetBytes: budget.limitBytes, memoryUsedBytes: budget.usedBytes,
             devicesConnected: snapshots.filter { $0.state == .connected }.count, devicesTotal: runners.count, streams: streams, paused: s.paused,
-            freeBytes: try? FileSystem.freeBytes(dataDirectory))
+            freeBytes: try? FileSystem.freeBytes(dataDirectory), activities: activities())
+    }
+
+    /// What the devices that report it are doing (a potentiostat's technique, step, cycle, E, I),
+    /// asked on each device's thread; devices that are not connected are left out.
+    func activities() -> [String: [String: JSONValue]]? {
+        var out: [String: [String: JSONValue]] = [:]
+        for r in runners where type(of: r.driver).reportsActivity && r.snapshot.state == .connected {
+            if let values = try? r.perform(DeviceCommand(device: r.config.name, name: "status")), let json = try? values.mapValues({ try JSONValue(encoding: $0) }) {
+                out[r.config.name] = json
+            }
+        }
+        return out.isEmpty ? nil : out
     }
 
     private func runInfo(_ m: RunManifest, directory: String, now: HostInstant?) -> RunInfo {
@@ -541,6 +553,15 @@ public final class Daemon: @unchecked Sendable {
             if let direction = try string(args, "direction", required: false) {
                 guard direction == "up" || direction == "down" else { throw ControlError(.badArguments, "\"direction\" must be up or down, got \"\(direction)\"") }
                 arguments["direction"] = .string(direction)
+            }
+        case "technique":
+            // The technique or protocol as JSON text (`json`) or as an object (`technique`).
+            switch (args["json"], args["technique"]) {
+            case (.string(let text)?, nil): arguments["json"] = .string(text)
+            case (nil, .object(let o)?):
+                arguments["json"] = .string(String(decoding: try JSONEncoder().encode(JSONValue.object(o)), as: UTF8.self))
+            default:
+                throw ControlError(.badArguments, "technique needs \"technique\" (an object) or \"json\" (its JSON text), e.g. {\"kind\": \"cv\", …}")
             }
         case "tip":
             for key in ["x_nm", "y_nm"] {

@@ -2,6 +2,8 @@ import DemoDriver
 import DemoSimulator
 import NanonisDriver
 import NanonisSimulator
+import PalmSensDriver
+import PalmSensSimulator
 import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
@@ -10,7 +12,7 @@ import ZaberSimulator
 
 /// The drivers this build knows, and their simulators for `transport = "simulated"`.
 public enum DriverRegistry {
-    public static let names = [DemoPotentiostatDriver.driverName, DemoXRFDriver.driverName, ZaberStageDriver.driverName, NanonisDriver.driverName]
+    public static let names = [DemoPotentiostatDriver.driverName, DemoXRFDriver.driverName, ZaberStageDriver.driverName, NanonisDriver.driverName, PalmSensDriver.driverName]
 
     private static func type(_ driver: String) -> (any Instrument.Type)? {
         switch driver {
@@ -18,6 +20,7 @@ public enum DriverRegistry {
         case DemoXRFDriver.driverName: DemoXRFDriver.self
         case ZaberStageDriver.driverName: ZaberStageDriver.self
         case NanonisDriver.driverName: NanonisDriver.self
+        case PalmSensDriver.driverName: PalmSensDriver.self
         default: nil
         }
     }
@@ -32,6 +35,7 @@ public enum DriverRegistry {
         case DemoXRFDriver.driverName: try DemoXRFDriver(name: name, settings: settings)
         case ZaberStageDriver.driverName: try ZaberStageDriver(name: name, settings: settings)
         case NanonisDriver.driverName: try NanonisDriver(name: name, settings: settings)
+        case PalmSensDriver.driverName: try PalmSensDriver(name: name, settings: settings)
         default: throw InstrumentError(.unsupported, device: name, "unknown driver \"\(driver)\"; known: \(names.joined(separator: ", "))")
         }
     }
@@ -50,6 +54,8 @@ public enum DriverRegistry {
             ZaberSimulator(devices: ZaberSimulator.standard(count: 1), clock: clock, seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
         case NanonisDriver.driverName:
             NanonisSimulator(cell: cell, clock: clock, seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
+        case PalmSensDriver.driverName:
+            PalmSensSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
         default:
             break
         }
@@ -68,6 +74,8 @@ public enum DriverRegistry {
         switch driver {
         case DemoPotentiostatDriver.driverName:
             DemoPotentiostatSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", deviceClock: deviceClock).serve(byteStream, shouldStop: shouldStop)
+        case PalmSensDriver.driverName:
+            PalmSensSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", seed: seed(for: name)).serve(byteStream, shouldStop: shouldStop)
         default:
             throw InstrumentError(.unsupported, device: name, "the \(driver) simulator does not speak over a byte stream")
         }
@@ -80,6 +88,7 @@ extension DriverRegistry {
         switch (port.vendorID, port.productID) {
         case (0x2939?, _): "Zaber (zaber-ascii)"
         case (0x0403?, 0xFAF0?): "Thorlabs APT motor controller"
+        case (0x2F70?, _): "PalmSens EmStat4/Nexus (palmsens-methodscript)"
         case (0x10C4?, 0x842A?): "Amptek DP5/PX5/X-123"
         case (0x0403?, _): "FTDI USB-serial bridge (Zaber cables, EmStat Pico, …)"
         case (0x10C4?, 0xEA60?): "Silicon Labs CP210x bridge"

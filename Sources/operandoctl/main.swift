@@ -105,7 +105,8 @@ func parseDuration(_ text: String) -> Double? {
     return Double(text).flatMap { $0 > 0 ? $0 : nil }
 }
 
-/// Experiment metadata from a TOML or JSON file (by its content: JSON starts with "{").
+/// A JSON tree from a TOML or JSON file (by its content: JSON starts with "{"): experiment
+/// metadata, techniques.
 func loadMetadataFile(_ path: String) throws -> JSONValue {
     guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("--meta-file \(path): cannot read it") }
     let text = String(decoding: data, as: UTF8.self)
@@ -137,7 +138,7 @@ struct OperandoCtl: ParsableCommand {
         commandName: "operandoctl",
         abstract: "Control operandod through its Unix socket.",
         usage: "operandoctl [--socket PATH] [--json] COMMAND ...",
-        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, Scan.self, Bias.self, Tip.self, Refit.self, Align.self, Export.self, Recover.self, Sim.self])
+        subcommands: [Status.self, Devices.self, Ports.self, Run.self, Mark.self, Tail.self, Move.self, Home.self, Trigger.self, TechniqueCommand.self, Abort.self, Scan.self, Bias.self, Tip.self, Refit.self, Align.self, Export.self, Recover.self, Sim.self])
 
     /// `operandoctl [--socket PATH] [--json] COMMAND …`: global options may come before the
     /// command; they are moved behind it, where every command's option group reads them.
@@ -172,6 +173,17 @@ struct Status: ParsableCommand {
             out += "durability: \(s.durability)\n"
             if let free = s.freeBytes { out += "free space: \(bytes(UInt64(free))) in \(s.dataDirectory)\n" }
             if let p = s.paused { out += "PAUSED: \(p)\n" } else if let e = s.writeError { out += "WRITE ERROR: \(e)\n" }
+            for (device, a) in (s.activities ?? [:]).sorted(by: { $0.key < $1.key }) {
+                let running = a["running"]?.boolValue == true
+                var line = "\(device): " + (running ? "running \(a["technique"]?.stringValue ?? "?")" : "idle")
+                if running {
+                    line += ", step \(a["step"].map { "\($0)" } ?? "?")" + (a["step_kind"]?.stringValue.map { " (\($0))" } ?? "")
+                    line += ", cycle \(a["cycle"].map { "\($0)" } ?? "?")"
+                }
+                if let e = a["e_v"]?.numberValue { line += String(format: ", E %.4f V", e) }
+                if let i = a["i_a"]?.numberValue { line += String(format: ", I %.4g A", i) }
+                out += line + "\n"
+            }
             out += "\n" + table(
                 ["STREAM", "RATE/s", "PRODUCED", "WRITTEN", "DROPPED", "RING", "POLICY", "WAITS"],
                 s.streams.map { [$0.name, String(format: "%.1f", $0.ratePerSecond), "\($0.produced)", "\($0.written)", "\($0.dropped)", String(format: "%.1f%%", $0.ringFill * 100), $0.policy, "\($0.blockedWaits)"] })
@@ -539,6 +551,40 @@ struct Bias: ParsableCommand {
     func run() throws {
         try global.output(global.call("bias", ["device": .string(device), "volts": .number(volts)]), as: DeviceCommandResult.self) { r in
             "\(r.device): bias set to \(r.values["set_v"].map { "\($0)" } ?? "?") V, reads \(r.values["read_v"].map { "\($0)" } ?? "?") V\n"
+        }
+    }
+}
+
+struct TechniqueCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "technique",
+        abstract: "Start a technique or a protocol on a potentiostat from a TOML or JSON file.",
+        discussion: """
+            The file describes one technique (kind = "ocp", "ca", "cp", "cv", "lsv", "gcd", "hold", "eis", with its values) or a \
+            protocol (kind = "protocol", steps = [...], where a step is a technique or {repeat = N, steps = [...]}). The driver \
+            turns it into MethodSCRIPT; every step is recorded as a stimulus. See README, "Techniques".
+            """)
+    @OptionGroup var global: Global
+    @Argument(help: "Device name.") var device: String
+    @Argument(help: "The technique or protocol, TOML or JSON.") var file: String
+
+    func run() throws {
+        let technique = try loadMetadataFile(file)  // any TOML/JSON document → a JSON tree
+        guard case .object(let o) = technique else { throw ValidationError("\(file): expected a table/object with a kind") }
+        try global.output(global.call("technique", ["device": .string(device), "technique": .object(o)], timeout: .seconds(30)), as: DeviceCommandResult.self) { r in
+            "\(r.device): started \(r.values["technique"].map { "\($0)" } ?? "?") (\(r.values["steps"].map { "\($0)" } ?? "?") steps)\n"
+        }
+    }
+}
+
+struct Abort: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Abort the technique a potentiostat is running (recorded as an event).")
+    @OptionGroup var global: Global
+    @Argument(help: "Device name.") var device: String
+
+    func run() throws {
+        try global.output(global.call("abort", ["device": .string(device)]), as: DeviceCommandResult.self) { r in
+            r.values["aborted"] == .bool(true) ? "\(r.device): aborted\n" : "\(r.device): nothing was running\n"
         }
     }
 }

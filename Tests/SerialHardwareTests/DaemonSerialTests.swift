@@ -4,6 +4,7 @@ import OperandoCore
 import OperandoIO
 import OperandoStore
 import OperandoTestSupport
+import OperandoTimeline
 import XCTest
 
 /// The whole daemon on its real libserialport path: an emulated FTDI /dev/ttyUSB0 (umockdev,
@@ -175,6 +176,87 @@ final class DaemonSerialTests: XCTestCase {
         }
         // The pulse lasted at least the 20 ms asked for.
         XCTAssertGreaterThanOrEqual(edges[1].hostTime.nanoseconds - edges[0].hostTime.nanoseconds, 20_000_000)
+    }
+
+    /// The PalmSens driver on its real libserialport path: an emulated EmStat Pico (FTDI bridge,
+    /// 230400 baud) with the MethodSCRIPT simulator behind it runs a short cycling protocol.
+    func testPalmSensOnEmulatedTtyUSB_runsACyclingProtocolAndRecordsEveryStep() throws {
+        try UmockdevHarness.requireEnvironment()
+        let directory = try UmockdevHarness.makeTemporaryDirectory(prefix: "odpalmsens")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let configPath = directory + "/operandod.toml"
+        try FileSystem.writeAtomically(configPath, bytes: Array("""
+            [daemon]
+            memory_budget_mb = 64
+            ring_mb = 2
+            sync_interval_ms = 100
+
+            [simulation]
+            time_scale = 3000
+            initial_soc = 0.5
+
+            [[device]]
+            name = "pstat"
+            driver = "palmsens-methodscript"
+            transport = "serial:usb:0403:6001:PS0001"
+            """.utf8))
+        let protocolPath = directory + "/cycling.toml"
+        try FileSystem.writeAtomically(protocolPath, bytes: Array("""
+            kind = "protocol"
+            [[steps]]
+            kind = "ocp"
+            duration_s = 1
+            interval_s = 0.1
+            [[steps]]
+            kind = "gcd"
+            current_a = 0.002
+            upper_limit_v = 3.95
+            lower_limit_v = 3.7
+            rest_s = 0.5
+            cycles = 2
+            interval_s = 0.05
+            max_half_cycle_s = 20
+            """.utf8))
+        let socket = directory + "/control.sock"
+        let harness = try UmockdevHarness(
+            devices: [EmulatedSerialDevice(name: "ttyUSB0", serial: "PS0001", simulator: .exec([try Binaries.path("operando-sim"), "palmsens-methodscript", "--pty", "{link}", "--time-scale", "3000"]))],
+            program: [try Binaries.path("operandod"), "--config", configPath, "--socket", socket, "--data-dir", directory + "/data"])
+        defer { harness.stop() }
+        try harness.waitUntilReady()
+        let c = ControlClient(socket: socket)
+        try c.waitForDevice("pstat", "connected") { $0.state == "connected" }
+        let device = try XCTUnwrap(c.json([DeviceInfo].self, ["devices"]).first)
+        XCTAssertEqual(device.model, "EmStat Pico")
+        let run = try c.json(RunInfo.self, ["run", "start", "cycling"])
+        let started = try c.json(DeviceCommandResult.self, ["technique", "pstat", protocolPath])
+        XCTAssertEqual(started.values["technique"], .string("protocol"))
+        try c.waitForStatus("the protocol is running") { $0.activities?["pstat"]?["running"] == .bool(true) }
+        try c.waitForStatus("the protocol finished", attempts: 1200) { $0.activities?["pstat"]?["running"] == .bool(false) }
+        _ = try c.json(RunStopResult.self, ["run", "stop"])
+
+        let disk = try RunOnDisk(directory: run.directory)
+        XCTAssertEqual(disk.damaged, 0)
+        disk.assertContiguous("pstat/ei")
+        let samples = disk.stream("pstat/ei").map { r in r.payload.withUnsafeBytes { b in (0..<7).map { b.loadUnaligned(fromByteOffset: 8 * $0, as: Double.self) } } }
+        XCTAssertGreaterThan(samples.count, 50)
+        XCTAssertTrue(disk.stream("pstat/ei").allSatisfy { $0.header.deviceTime != nil }, "every package carries the device timer")
+        let cycles = Set(samples.map { $0[3] })
+        XCTAssertTrue(cycles.contains(2), "two cycles ran: \(cycles.sorted())")
+        let voltages = samples.map { $0[0] }.filter(\.isFinite)
+        XCTAssertGreaterThan(voltages.max() ?? 0, 3.9, "charged up to the upper limit")
+        XCTAssertLessThan(voltages.min() ?? 9, 3.75, "discharged down to the lower limit")
+        let events = disk.events.filter { $0.source == "pstat" }
+        XCTAssertTrue(events.contains { $0.kind == .stimulus && $0.message.contains("gcd-charge") }, "\(events.map(\.message))")
+        XCTAssertTrue(events.contains { $0.message.contains("limit reached") || $0.message.contains("LIMIT") }, "\(events.map(\.message))")
+        XCTAssertTrue(events.contains { $0.message.contains("script finished") }, "\(events.map(\.message))")
+        // Every step is on the common timeline: its device time mapped through the refitted clock,
+        // with an uncertainty (live, the first step of a script can precede the first stamp of
+        // the script's new timer).
+        let clock = try XCTUnwrap(RunClocks.fit(RunReader(directory: run.directory)).device("pstat"))
+        XCTAssertEqual(clock.model, .oneWay)
+        for e in events where e.kind == .stimulus && e.deviceTime != nil {
+            XCTAssertNotNil(clock.map(deviceTime: e.deviceTime, hostTime: e.hostTime).uncertaintyNs, e.message)
+        }
     }
 
     func testTransportByPath_bySerialNumber_andByUSBPort_findTheSamePort() throws {
