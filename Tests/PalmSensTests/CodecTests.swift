@@ -1,5 +1,5 @@
 import Foundation
-import PalmSensDriver
+@testable import PalmSensDriver
 import XCTest
 
 final class CodecTests: XCTestCase {
@@ -166,5 +166,43 @@ final class CodecTests: XCTestCase {
         XCTAssertEqual(n(3), "3")
         XCTAssertEqual(n(0.00125), "1250u")
         XCTAssertEqual(n(-0.4999), "-499900u")
+    }
+}
+
+/// The word-at-a-time hex decoder of package values agrees with the byte-by-byte one on every
+/// kind of input: all hex digits (both cases), and each non-hex byte in each position.
+final class CodecHexTests: XCTestCase {
+    func testHex7_agreesWithTheScalarDecoder_onRandomAndInvalidInput() {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        let hexDigits = Array("0123456789abcdefABCDEF".utf8)
+        var bytes = [UInt8](repeating: 0, count: 8)
+        for round in 0..<200_000 {
+            for k in 0..<8 { bytes[k] = hexDigits[Int(next() % UInt64(hexDigits.count))] }
+            bytes[7] = UInt8(truncatingIfNeeded: next())  // the SI prefix: anything
+            if round % 2 == 1 {
+                // One byte of the digits is anything at all (often not hex, sometimes ≥ 0x80).
+                bytes[Int(next() % 7)] = UInt8(truncatingIfNeeded: next())
+            }
+            bytes.withUnsafeBufferPointer { b in
+                XCTAssertEqual(MethodSCRIPTCodec.hex7(b.baseAddress!), MethodSCRIPTCodec.hex(b, 0, 7), "\(bytes)")
+            }
+        }
+        // Every single byte value in every digit position.
+        for position in 0..<7 {
+            for value in 0...255 {
+                var b = Array("7F85F3Fu".utf8)
+                b[position] = UInt8(value)
+                b.withUnsafeBufferPointer { p in
+                    XCTAssertEqual(MethodSCRIPTCodec.hex7(p.baseAddress!), MethodSCRIPTCodec.hex(p, 0, 7), "byte \(value) at \(position)")
+                }
+            }
+        }
     }
 }

@@ -248,6 +248,25 @@ public enum MethodSCRIPTCodec {
         return bytes.withUnsafeMutableBufferPointer { decode(UnsafeBufferPointer($0), into: &package) }
     }
 
+    /// The 7 hex digits of a package value at `p` (SWAR: the 8 bytes at `p` — the digits and the SI
+    /// prefix after them — are read as one word, checked and converted lane-wise); nil when one
+    /// is not a hex digit. Equal to `hex(line, i, 7)`, which the tests check over random input.
+    @inline(__always) static func hex7(_ p: UnsafePointer<UInt8>) -> Int32? {
+        let lanes: UInt64 = 0x0101_0101_0101_0101
+        // Digits in lanes 0…6 (lane 0 the most significant); lane 7 (the prefix) becomes '0'.
+        let x = (UInt64(littleEndian: UnsafeRawPointer(p).loadUnaligned(as: UInt64.self)) & 0x00FF_FFFF_FFFF_FFFF) | 0x3000_0000_0000_0000
+        guard x & (lanes &* 0x80) == 0 else { return nil }  // ASCII only: no lane carries below
+        let lower = x | (lanes &* 0x20)
+        let digit = (x &+ lanes &* (0x80 - 0x30)) & ~(x &+ lanes &* (0x7F - 0x39)) & (lanes &* 0x80)
+        let letter = (lower &+ lanes &* (0x80 - 0x61)) & ~(lower &+ lanes &* (0x7F - 0x66)) & (lanes &* 0x80)
+        guard digit | letter == lanes &* 0x80 else { return nil }
+        let nibbles = (x & (lanes &* 0x0F)) &+ (letter >> 7) &* 9
+        let pairs = ((nibbles & 0x000F_000F_000F_000F) << 4) | ((nibbles >> 8) & 0x000F_000F_000F_000F)
+        let quads = ((pairs & 0x0000_00FF_0000_00FF) << 8) | ((pairs >> 16) & 0x0000_00FF_0000_00FF)
+        let word = ((quads & 0xFFFF) << 16) | ((quads >> 32) & 0xFFFF)
+        return Int32(truncatingIfNeeded: word >> 4)
+    }
+
     /// `n` hex digits from `start`; nil when one is not a hex digit. Branch-light: every digit is
     /// checked, and the verdict taken once at the end (the packages' hot path).
     @inline(__always) static func hex(_ line: UnsafeBufferPointer<UInt8>, _ start: Int, _ n: Int) -> Int32? {
@@ -311,7 +330,7 @@ public enum MethodSCRIPTCodec {
             {
                 v.value = .nan
             } else {
-                guard let raw = hex(line, i + 2, 7) else { return .badHexDigit }
+                guard let raw = hex7(line.baseAddress! + i + 2) else { return .badHexDigit }  // i + 10 ≤ end: 8 bytes are there
                 guard let factor = prefixFactor(line[i + 9]) else { return .badPrefix }
                 v.raw = raw - (1 << 27)
                 v.prefix = line[i + 9]
