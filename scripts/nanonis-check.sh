@@ -23,10 +23,7 @@ host=127.0.0.1
 port=""
 build_dir="$repo/.build/debug"
 
-fail_setup() {
-  echo "nanonis-check.sh: $*" >&2
-  exit 2
-}
+source "$repo/scripts/lib/peer.sh"
 
 while [ "$#" -gt 0 ]; do
   case "$1" in
@@ -41,9 +38,6 @@ if [ -n "$port" ]; then
   case "$port" in (*[!0-9]*|'') fail_setup "--port $port is not a port number" ;; esac
 fi
 
-python_for_venv=/usr/bin/python3
-[ -x "$python_for_venv" ] || python_for_venv=$(command -v python3) || fail_setup "no python3"
-
 installed() {
   "$venv/bin/python" - "$version" <<'PY' 2>/dev/null
 import sys
@@ -52,26 +46,7 @@ import numpy, nanonis_spm  # noqa: F401  (the client imports numpy)
 sys.exit(0 if version("nanonis_spm") == sys.argv[1] else 1)
 PY
 }
-
-if ! installed; then
-  echo "nanonis-check.sh: installing nanonis-spm $version into $venv" >&2
-  "$python_for_venv" -m venv --system-site-packages "$venv" \
-    || fail_setup "python3 -m venv $venv failed; install python3-venv (apt-get install python3-venv)"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "nanonis-spm==$version" "numpy>=1.21" >&2 \
-    || fail_setup "pip could not install nanonis-spm==$version; is PyPI reachable?"
-  installed || fail_setup "nanonis-spm $version is not importable from $venv after pip install"
-fi
-
-work=$(mktemp -d)
-sim_pid=""
-cleanup() {
-  if [ -n "$sim_pid" ] && kill -0 "$sim_pid" 2>/dev/null; then
-    kill -TERM "$sim_pid" 2>/dev/null || true
-    wait "$sim_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+ensure_venv "$venv" installed --system-site "nanonis-spm==$version" "numpy>=1.21"
 
 if [ -z "$port" ]; then
   sim="$build_dir/operando-sim"

@@ -22,15 +22,9 @@ venv=${NEXUS_CHECK_VENV:-$repo/.venv-nexus}
 nexusformat_version=${NEXUSFORMAT_VERSION:-2.1.0}
 silx_version=${SILX_VERSION:-3.1.3}
 
-fail_setup() {
-  echo "nexus-check.sh: $*" >&2
-  exit 2
-}
+source "$repo/scripts/lib/peer.sh"
 
 [ "$#" -gt 0 ] || fail_setup "usage: scripts/nexus-check.sh FILE..."
-
-python_for_venv=/usr/bin/python3
-[ -x "$python_for_venv" ] || python_for_venv=$(command -v python3) || fail_setup "no python3"
 
 installed() {
   "$venv/bin/python" - "$nexusformat_version" "$silx_version" <<'PY' 2>/dev/null
@@ -39,15 +33,7 @@ from importlib.metadata import version
 sys.exit(0 if (version("nexusformat"), version("silx")) == (sys.argv[1], sys.argv[2]) else 1)
 PY
 }
-
-if ! installed; then
-  echo "nexus-check.sh: installing nexusformat $nexusformat_version and silx $silx_version into $venv" >&2
-  "$python_for_venv" -m venv --system-site-packages "$venv" \
-    || fail_setup "python3 -m venv $venv failed; install python3-venv (apt-get install python3-venv)"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "nexusformat==$nexusformat_version" "silx==$silx_version" >&2 \
-    || fail_setup "pip could not install nexusformat==$nexusformat_version and silx==$silx_version; is PyPI reachable?"
-  installed || fail_setup "nexusformat $nexusformat_version and silx $silx_version are not importable from $venv after pip install"
-fi
+ensure_venv "$venv" installed --system-site "nexusformat==$nexusformat_version" "silx==$silx_version"
 
 status=0
 for file in "$@"; do

@@ -21,32 +21,14 @@ venv=${ZABER_MOTION_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/operandod/zaber-motion
 devices=${ZABER_CHECK_DEVICES:-2}
 sim="$build_dir/operando-sim"
 
-fail_setup() {
-  echo "zaber-motion-check.sh: $*" >&2
-  exit 2
-}
+source scripts/lib/peer.sh
 
 [ -x "$sim" ] || fail_setup "no operando-sim in $build_dir; build first (swift build) or pass the build directory"
 
-if ! "$venv/bin/python" -c "import zaber_motion, sys; sys.exit(zaber_motion.__version__ != '$version')" 2>/dev/null; then
-  echo "zaber-motion-check.sh: installing zaber-motion $version into $venv"
-  mkdir -p "$(dirname "$venv")"
-  python3 -m venv "$venv" || fail_setup "python3 -m venv $venv failed; install python3-venv (apt-get install python3-venv)"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "zaber-motion==$version" \
-    || fail_setup "pip could not install zaber-motion==$version; is PyPI reachable?"
-fi
+installed() { "$venv/bin/python" -c "import zaber_motion, sys; sys.exit(zaber_motion.__version__ != '$version')" 2>/dev/null; }
+ensure_venv "$venv" installed "zaber-motion==$version"
 
-work=$(mktemp -d)
 link="$work/zaber0"
-sim_pid=""
-cleanup() {
-  if [ -n "$sim_pid" ] && kill -0 "$sim_pid" 2>/dev/null; then
-    kill -TERM "$sim_pid" 2>/dev/null || true
-    wait "$sim_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 "$sim" zaber --pty "$link" --devices "$devices" >"$work/sim.out" 2>"$work/sim.err" &
 sim_pid=$!
