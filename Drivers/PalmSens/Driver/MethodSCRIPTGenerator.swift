@@ -119,6 +119,20 @@ public struct MethodSCRIPTGenerator: Sendable {
 
         func n(_ v: Double) -> String { MethodSCRIPTGenerator.number(v) }
 
+        /// `opener`, then `body` one level in, then `end`.
+        mutating func block(_ opener: String, end: String = "endloop", _ body: (inout Self) throws -> Void) rethrows {
+            line(opener)
+            indent += 1
+            try body(&self)
+            indent -= 1
+            line(end)
+        }
+
+        /// A measurement loop whose body sends one package of `variables`.
+        mutating func measure(_ opener: String, _ variables: [String]) {
+            block(opener) { $0.package(variables) }
+        }
+
         mutating func collectVariables(_ steps: [ProtocolStep]) throws {
             for s in steps {
                 switch s {
@@ -166,12 +180,10 @@ public struct MethodSCRIPTGenerator: Sendable {
                     repeatUsed += 1
                     let r = "r\(repeatUsed)"
                     line("store_var \(r) 0i aa")
-                    line("loop \(r) < \(count)i")
-                    indent += 1
-                    line("add_var \(r) 1i")
-                    try emit(inner, path: "\(path)[\(k)].steps")
-                    indent -= 1
-                    line("endloop")
+                    try block("loop \(r) < \(count)i") {
+                        $0.line("add_var \(r) 1i")
+                        try $0.emit(inner, path: "\(path)[\(k)].steps")
+                    }
                 }
             }
         }
@@ -236,60 +248,36 @@ public struct MethodSCRIPTGenerator: Sendable {
             case .ocp(let d, let i):
                 potentiostatic(mode: 2, bandwidth: bw(i), initialV: 0, cellOn: false)
                 marker("ocp")
-                line("meas_loop_ocp p \(n(i)) \(n(d))")
-                indent += 1
-                package(["t", "p", "cyc", "stp"])
-                indent -= 1
-                line("endloop")
+                measure("meas_loop_ocp p \(n(i)) \(n(d))", ["t", "p", "cyc", "stp"])
             case .chronoamperometry(let s, let i):
                 potentiostatic(mode: 2, bandwidth: bw(i), initialV: s[0].potentialV)
                 for step in s {
                     marker("ca", setpointV: step.potentialV)
-                    line("meas_loop_ca p c \(n(step.potentialV)) \(n(i)) \(n(step.durationS))")
-                    indent += 1
-                    package(ei)
-                    indent -= 1
-                    line("endloop")
+                    measure("meas_loop_ca p c \(n(step.potentialV)) \(n(i)) \(n(step.durationS))", ei)
                 }
             case .potentiostaticHold(let e, let d, let i):
                 potentiostatic(mode: 2, bandwidth: bw(i), initialV: e)
                 marker("hold", setpointV: e)
-                line("meas_loop_ca p c \(n(e)) \(n(i)) \(n(d))")
-                indent += 1
-                package(ei)
-                indent -= 1
-                line("endloop")
+                measure("meas_loop_ca p c \(n(e)) \(n(i)) \(n(d))", ei)
             case .chronopotentiometry(let s, let i):
                 let imax = s.map { abs($0.currentA) }.max() ?? 0
                 galvanostatic(bandwidth: bw(i), maxCurrentA: imax, maxPotentialV: 4)
                 line("cell_on")
                 for step in s {
                     marker("cp", setpointA: step.currentA)
-                    line("meas_loop_cp p c \(n(step.currentA)) \(n(i)) \(n(step.durationS))")
-                    indent += 1
-                    package(ei)
-                    indent -= 1
-                    line("endloop")
+                    measure("meas_loop_cp p c \(n(step.currentA)) \(n(i)) \(n(step.durationS))", ei)
                 }
             case .cyclicVoltammetry(let b, let v1, let v2, let st, let r, let cycles):
                 potentiostatic(mode: 2, bandwidth: bw(st / r), initialV: b)
                 line("add_var cyc 1i")
                 marker("cv", setpointV: b)
                 let scans = cycles > 1 ? " nscans(\(cycles))" : ""
-                line("meas_loop_cv p c \(n(b)) \(n(v1)) \(n(v2)) \(n(st)) \(n(r))\(scans)")
-                indent += 1
-                package(ei)
-                indent -= 1
-                line("endloop")
+                measure("meas_loop_cv p c \(n(b)) \(n(v1)) \(n(v2)) \(n(st)) \(n(r))\(scans)", ei)
                 if cycles > 1 { line("add_var cyc \(cycles - 1)i") }
             case .linearSweep(let b, let e, let st, let r):
                 potentiostatic(mode: 2, bandwidth: bw(st / r), initialV: b)
                 marker("lsv", setpointV: b)
-                line("meas_loop_lsv p c \(n(b)) \(n(e)) \(n(st)) \(n(r))")
-                indent += 1
-                package(ei)
-                indent -= 1
-                line("endloop")
+                measure("meas_loop_lsv p c \(n(b)) \(n(e)) \(n(st)) \(n(r))", ei)
             case .galvanostaticCycling(let g):
                 let current = try g.resolvedCurrent(defaultCapacityMah: options.defaultCapacityMah, path: path)
                 let tmax = g.resolvedMaxHalfCycleS
@@ -297,53 +285,40 @@ public struct MethodSCRIPTGenerator: Sendable {
                 gcdUsed += 1
                 let k = "g\(gcdUsed)"
                 line("store_var \(k) 0i aa")
-                line("loop \(k) < \(g.cycles)i")
-                indent += 1
-                line("add_var \(k) 1i")
-                line("add_var cyc 1i")
-                halfCycle(current: current, limit: g.upperLimitV, upper: true, interval: g.intervalS, tmax: tmax)
-                rest(g)
-                halfCycle(current: -current, limit: g.lowerLimitV, upper: false, interval: g.intervalS, tmax: tmax)
-                rest(g)
-                indent -= 1
-                line("endloop")
+                block("loop \(k) < \(g.cycles)i") {
+                    $0.line("add_var \(k) 1i")
+                    $0.line("add_var cyc 1i")
+                    $0.halfCycle(current: current, limit: g.upperLimitV, upper: true, interval: g.intervalS, tmax: tmax)
+                    $0.rest(g)
+                    $0.halfCycle(current: -current, limit: g.lowerLimitV, upper: false, interval: g.intervalS, tmax: tmax)
+                    $0.rest(g)
+                }
             case .impedance(let z):
                 potentiostatic(mode: 3, bandwidth: min(1e6, 10 * max(z.fStartHz, z.fEndHz)), initialV: z.dcBiasV)
                 line("store_var edc \(n(z.dcBiasV)) ci")
                 marker("eis", setpointV: z.dcBiasV)
-                line("meas_loop_eis f zr zi \(n(z.amplitudeVRms)) \(n(z.fStartHz)) \(n(z.fEndHz)) \(z.pointCount)i \(n(z.dcBiasV))")
-                indent += 1
-                package(["t", "f", "zr", "zi", "edc", "cyc", "stp"])
-                indent -= 1
-                line("endloop")
+                measure("meas_loop_eis f zr zi \(n(z.amplitudeVRms)) \(n(z.fStartHz)) \(n(z.fEndHz)) \(z.pointCount)i \(n(z.dcBiasV))", ["t", "f", "zr", "zi", "edc", "cyc", "stp"])
             }
         }
 
         mutating func halfCycle(current: Double, limit: Double, upper: Bool, interval: Double, tmax: Double) {
             marker(upper ? "gcd-charge" : "gcd-discharge", setpointA: current)
             line("cell_on")
-            line("meas_loop_cp p c \(n(current)) \(n(interval)) \(n(tmax))")
-            indent += 1
-            package(["t", "p", "c", "cyc", "stp"])
-            line("if p \(upper ? ">" : "<") \(n(limit))")
-            indent += 1
-            line("send_string \"LIMIT \(upper ? "upper" : "lower")\"")
-            line("breakloop")
-            indent -= 1
-            line("endif")
-            indent -= 1
-            line("endloop")
+            let test = "if p \(upper ? ">" : "<") \(n(limit))"
+            block("meas_loop_cp p c \(n(current)) \(n(interval)) \(n(tmax))") {
+                $0.package(["t", "p", "c", "cyc", "stp"])
+                $0.block(test, end: "endif") {
+                    $0.line("send_string \"LIMIT \(upper ? "upper" : "lower")\"")
+                    $0.line("breakloop")
+                }
+            }
         }
 
         mutating func rest(_ g: GalvanostaticCycling) {
             guard g.restS > 0 else { return }
             marker("gcd-rest", setpointA: 0)
             line("cell_off")
-            line("meas_loop_ocp p \(n(g.intervalS)) \(n(g.restS))")
-            indent += 1
-            package(["t", "p", "cyc", "stp"])
-            indent -= 1
-            line("endloop")
+            measure("meas_loop_ocp p \(n(g.intervalS)) \(n(g.restS))", ["t", "p", "cyc", "stp"])
         }
     }
 }
