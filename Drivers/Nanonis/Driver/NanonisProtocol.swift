@@ -269,18 +269,19 @@ public struct NanonisBodyReader: Sendable {
 
     /// `count` ints (the count was a separate argument).
     public mutating func int32Array(count: Int, _ what: String = "an int array") throws(NanonisWireError) -> [Int32] {
-        try checkRoom(count, 4, what)
-        var out = [Int32]()
-        out.reserveCapacity(count)
-        for _ in 0..<count { out.append(try int32(what)) }
-        return out
+        try array(count, 4, what) { (r) throws(NanonisWireError) in try r.int32(what) }
     }
 
     public mutating func uint32Array(count: Int, _ what: String = "an unsigned int32 array") throws(NanonisWireError) -> [UInt32] {
-        try checkRoom(count, 4, what)
-        var out = [UInt32]()
+        try array(count, 4, what) { (r) throws(NanonisWireError) in try r.uint32(what) }
+    }
+
+    /// `count` elements of `size` bytes, each read by `element`, once the body is known to hold them.
+    private mutating func array<T>(_ count: Int, _ size: Int, _ what: String, _ element: (inout Self) throws(NanonisWireError) -> T) throws(NanonisWireError) -> [T] {
+        try checkRoom(count, size, what)
+        var out = [T]()
         out.reserveCapacity(count)
-        for _ in 0..<count { out.append(try uint32(what)) }
+        for _ in 0..<count { out.append(try element(&self)) }
         return out
     }
 
@@ -292,11 +293,7 @@ public struct NanonisBodyReader: Sendable {
     }
 
     public mutating func float64Array(count: Int, _ what: String = "a float64 array") throws(NanonisWireError) -> [Double] {
-        try checkRoom(count, 8, what)
-        var out = [Double]()
-        out.reserveCapacity(count)
-        for _ in 0..<count { out.append(try float64(what)) }
-        return out
+        try array(count, 8, what) { (r) throws(NanonisWireError) in try r.float64(what) }
     }
 
     /// A 1D string array with its byte size and element count in front; the byte size must
