@@ -94,10 +94,17 @@ let package = Package(
             path: "Drivers/Nanonis/Simulator", swiftSettings: swiftSettings),
 
         .target(
+            name: "AmptekDriver", dependencies: ["OperandoCore"], path: "Drivers/Amptek/Driver",
+            swiftSettings: swiftSettings),
+        .target(
+            name: "AmptekSimulator", dependencies: ["OperandoCore", "OperandoVirtualCell"],
+            path: "Drivers/Amptek/Simulator", swiftSettings: swiftSettings),
+
+        .target(
             name: "OperandoDaemon",
             dependencies: [
                 "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoControl", "OperandoSync", "OperandoTimeline",
-                "OperandoVirtualCell", "DemoDriver", "DemoSimulator", "ZaberDriver", "ZaberSimulator", "NanonisDriver", "NanonisSimulator", "PalmSensDriver", "PalmSensSimulator",
+                "OperandoVirtualCell", "DemoDriver", "DemoSimulator", "ZaberDriver", "ZaberSimulator", "NanonisDriver", "NanonisSimulator", "PalmSensDriver", "PalmSensSimulator", "AmptekDriver", "AmptekSimulator",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -132,7 +139,7 @@ let package = Package(
         .executableTarget(
             name: "operando-bench",
             dependencies: [
-                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoSync", "OperandoTimeline", "PalmSensDriver",
+                "OperandoCore", "OperandoBuffers", "OperandoIO", "OperandoStore", "OperandoSync", "OperandoTimeline", "PalmSensDriver", "AmptekDriver", "AmptekSimulator", "OperandoVirtualCell",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -151,7 +158,9 @@ let package = Package(
             exclude: ["Fixtures"]),
         .testTarget(name: "NanonisTests", dependencies: ["NanonisDriver", "NanonisSimulator", "OperandoIO", "OperandoVirtualCell"]),
         .testTarget(
-            name: "SerialHardwareTests",
+            name: "AmptekTests", dependencies: ["AmptekDriver", "AmptekSimulator", "OperandoIO", "OperandoVirtualCell"]),
+        .testTarget(
+            name: "HardwareTests",
             dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTestSupport", "OperandoTimeline"]),
         .target(
             name: "OperandoTestSupport", dependencies: ["OperandoCore", "OperandoStore", "OperandoControl", "OperandoIO"],

@@ -81,6 +81,9 @@ public protocol Instrument: AnyObject, Sendable {
     /// True when `perform(DeviceCommand(name: "status"))` answers what the device is doing (a
     /// technique, its step, cycle, E and I); `status` then shows it. Default false.
     static var reportsActivity: Bool { get }
+    /// For a packet driver (`linkKind == .packets`): true when it also runs over a byte stream
+    /// (a serial port), finding its packets in the stream itself. Default false.
+    static var acceptsByteStream: Bool { get }
 }
 
 extension Instrument {
@@ -95,6 +98,8 @@ extension Instrument {
     public static var oneWayLatencyMaxNs: Int64 { 1_000_000 }
 
     public static var reportsActivity: Bool { false }
+
+    public static var acceptsByteStream: Bool { false }
 }
 
 /// A command for one device from the control socket.

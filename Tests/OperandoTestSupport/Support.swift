@@ -9,7 +9,7 @@ import XCTest
 import Glibc
 #endif
 
-// Shared by the test targets that run the real executables (IntegrationTests, SerialHardwareTests).
+// Shared by the test targets that run the real executables (IntegrationTests, HardwareTests).
 
 /// Where the package's executables were built: next to this test bundle.
 public enum Binaries {

@@ -1,0 +1,2 @@
+import OperandoCore
+import OperandoVirtualCell
