@@ -56,7 +56,7 @@ public enum SerialPortMatch: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    static func hex(_ v: UInt16) -> String {
+    public static func hex(_ v: UInt16) -> String {
         let s = String(v, radix: 16)
         return String(repeating: "0", count: max(0, 4 - s.count)) + s
     }

@@ -29,6 +29,12 @@ public protocol PacketTransport: AnyObject, Sendable {
     /// buffer throws `InstrumentError(.protocolViolation)`.
     func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> TransportRead
     func send(_ bytes: UnsafeRawBufferPointer, timeout: Duration) throws
+    /// What opening the transport did that belongs in the record. Empty by default.
+    var openNotes: [String] { get }
+}
+
+extension PacketTransport {
+    public var openNotes: [String] { [] }
 }
 
 /// The result of a read: how many bytes, and the host time when the read returned.
@@ -79,8 +85,10 @@ public enum DeviceLink: Sendable {
     }
 
     public var openNotes: [String] {
-        if case .byteStream(let t) = self { return t.openNotes }
-        return []
+        switch self {
+        case .byteStream(let t): t.openNotes
+        case .packets(let t): t.openNotes
+        }
     }
 }
 

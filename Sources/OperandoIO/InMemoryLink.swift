@@ -101,6 +101,7 @@ public final class InMemoryLink: @unchecked Sendable {
     private final class End: ByteStreamTransport, PacketTransport, @unchecked Sendable {
         let link: InMemoryLink
         let isHost: Bool
+        var openNotes: [String] { [] }
         init(link: InMemoryLink, isHost: Bool) {
             self.link = link
             self.isHost = isHost

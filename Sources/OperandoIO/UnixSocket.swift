@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import COperandoShim
+import OperandoCore
 
 /// Who is on the other end of a Unix socket connection (SO_PEERCRED).
 public struct PeerCredentials: Sendable, CustomStringConvertible {
@@ -152,5 +153,40 @@ public final class UnixListener: @unchecked Sendable {
             raw[bytes.count] = 0
         }
         return addr
+    }
+}
+
+/// A message socket (AF_UNIX SOCK_SEQPACKET) as a packet transport: each message is one packet.
+/// The umockdev harness serves an emulated USB device's bulk endpoints to a simulator this way
+/// (one message per bulk OUT transfer one way, per bulk IN transfer the other).
+public final class SeqPacketTransport: PacketTransport, @unchecked Sendable {
+    public let fd: FileDescriptor
+    private let clock: any HostClock
+
+    /// Takes over `fd` (an inherited socket descriptor); closed by `close()`.
+    public init(fd: FileDescriptor, clock: any HostClock) {
+        self.fd = fd
+        self.clock = clock
+    }
+
+    public var endpoint: String { "seqpacket fd \(fd.rawValue)" }
+    public func open() throws {}
+    public func close() { fd.close() }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> TransportRead {
+        let ms = Int32(clamping: timeout.nanoseconds / 1_000_000)
+        guard try fd.pollReadable(timeoutMilliseconds: ms) else { return TransportRead(count: 0, hostTime: clock.now()) }
+        let n = try retryingOnInterrupt { Glibc.recv(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_TRUNC)) }
+        let now = clock.now()
+        guard n > 0 else { throw InstrumentError(.disconnected, device: endpoint, "the peer closed the socket") }
+        guard n <= buffer.count else {
+            throw InstrumentError(.protocolViolation, device: endpoint, "a \(n)-byte message does not fit the \(buffer.count)-byte buffer")
+        }
+        return TransportRead(count: n, hostTime: now)
+    }
+
+    public func send(_ bytes: UnsafeRawBufferPointer, timeout: Duration) throws {
+        let n = try retryingOnInterrupt { Glibc.send(fd.rawValue, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
+        guard n == bytes.count else { throw InstrumentError(.transportFailed, device: endpoint, "sent \(n) of \(bytes.count) bytes") }
     }
 }
