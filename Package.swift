@@ -131,7 +131,7 @@ let package = Package(
         .executableTarget(
             name: "operando-sim",
             dependencies: [
-                "OperandoDaemon", "OperandoVirtualCell",
+                "OperandoCore", "OperandoDaemon", "OperandoIO", "OperandoVirtualCell",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

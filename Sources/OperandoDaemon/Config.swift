@@ -13,8 +13,9 @@ public enum TransportSpec: Sendable, Equatable, CustomStringConvertible {
     /// A serial port by path (`serial:/dev/ttyUSB0`) or by USB identity
     /// (`serial:usb:0403:6001[:SERIAL]`, `serial:serial=SERIAL`, `serial:port=1-1.2`).
     case serial(SerialPortMatch)
-    /// A USB device by `usb:VID:PID[:SERIAL]`. Reserved: opened by the USB transport.
-    case usb(vendor: UInt16, product: UInt16, serial: String?)
+    /// A USB device's bulk endpoints through libusb: `usb:VID:PID[:SERIAL]` or
+    /// `usb:VID:PID@BUS-PORT` (the sysfs port path, e.g. `1-1.2`).
+    case usb(USBDeviceMatch)
 
     public var description: String {
         switch self {
@@ -27,7 +28,7 @@ public enum TransportSpec: Sendable, Equatable, CustomStringConvertible {
             case .serialNumber(let sn): "serial:serial=\(sn)"
             case .usbPort(let p): "serial:port=\(p)"
             }
-        case .usb(let v, let p, let s): "usb:" + String(format: "%04x:%04x", v, p) + (s.map { ":\($0)" } ?? "")
+        case .usb(let m): "usb:" + String(format: "%04x:%04x", m.vendor, m.product) + (m.serialNumber.map { ":\($0)" } ?? "") + (m.portPath.map { "@\($0)" } ?? "")
         }
     }
 
@@ -56,11 +57,19 @@ public enum TransportSpec: Sendable, Equatable, CustomStringConvertible {
             return .failure(Invalid(message: "expected serial:/dev/NAME, serial:usb:VID:PID[:SERIAL], serial:serial=SERIAL or serial:port=BUS-PORT, e.g. \"serial:/dev/ttyUSB0\" or \"serial:usb:0403:6001:A1B2C3\""))
         }
         if text.hasPrefix("usb:") {
-            let parts = text.dropFirst(4).split(separator: ":", maxSplits: 2).map(String.init)
-            guard parts.count >= 2, let v = UInt16(parts[0], radix: 16), let p = UInt16(parts[1], radix: 16) else {
-                return .failure(Invalid(message: "expected usb:VID:PID[:SERIAL] in hex, e.g. \"usb:10c4:842a\""))
+            var rest = Substring(text.dropFirst(4))
+            var port: String?
+            if let at = rest.firstIndex(of: "@") {
+                port = String(rest[rest.index(after: at)...])
+                rest = rest[..<at]
             }
-            return .success(.usb(vendor: v, product: p, serial: parts.count == 3 ? parts[2] : nil))
+            let parts = rest.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count >= 2, parts[0].count == 4, parts[1].count == 4, let v = UInt16(parts[0], radix: 16), let p = UInt16(parts[1], radix: 16),
+                parts.count == 2 || !parts[2].isEmpty, port == nil || (port!.first?.isNumber == true && port!.contains("-"))
+            else {
+                return .failure(Invalid(message: "expected usb:VID:PID[:SERIAL] or usb:VID:PID@BUS-PORT with 4-digit hex ids, e.g. \"usb:10c4:842a\", \"usb:10c4:842a:DP5-12345\" or \"usb:10c4:842a@1-1.2\""))
+            }
+            return .success(.usb(USBDeviceMatch(vendor: v, product: p, serialNumber: parts.count == 3 ? parts[2] : nil, portPath: port)))
         }
         return .failure(Invalid(message: "expected \"simulated\", \"tcp:HOST:PORT\", \"serial:/dev/…\" or \"usb:VID:PID[:SERIAL]\""))
     }
@@ -144,7 +153,7 @@ public struct ConfigKey: Sendable {
         ConfigKey(table: "simulation", key: "initial_soc", kind: .number(0...1), defaultValue: "0.1", doc: "State of charge of the virtual cell at start."),
         ConfigKey(table: "device", key: "name", kind: .string, defaultValue: nil, doc: "Unique device name: letters, digits, `-`, `_`. Streams are named `<name>/<stream>`."),
         ConfigKey(table: "device", key: "driver", kind: .choice(DriverRegistry.names), defaultValue: nil, doc: "Which driver speaks to it."),
-        ConfigKey(table: "device", key: "transport", kind: .transport, defaultValue: nil, doc: "`simulated`, `tcp:HOST:PORT`, or a serial port: `serial:/dev/ttyUSB0` (any path, pseudo-terminals too), `serial:usb:VID:PID[:SERIAL]`, `serial:serial=SERIAL`, `serial:port=BUS-PORT` (sysfs USB port path, e.g. `1-1.2`). Identities survive re-enumeration."),
+        ConfigKey(table: "device", key: "transport", kind: .transport, defaultValue: nil, doc: "`simulated`, `tcp:HOST:PORT`, or a serial port: `serial:/dev/ttyUSB0` (any path, pseudo-terminals too), `serial:usb:VID:PID[:SERIAL]`, `serial:serial=SERIAL`, `serial:port=BUS-PORT` (sysfs USB port path, e.g. `1-1.2`); or a USB instrument's bulk endpoints through libusb: `usb:VID:PID`, `usb:VID:PID:SERIAL`, `usb:VID:PID@BUS-PORT` (packet drivers such as amptek-dp5). Identities survive re-enumeration."),
         ConfigKey(table: "device", key: "baud", kind: .integer(50...4_000_000), defaultValue: "the driver's", doc: "Serial baud rate (Zaber ASCII: 115200)."),
         ConfigKey(table: "device", key: "data_bits", kind: .integer(5...8), defaultValue: "8", doc: "Serial data bits."),
         ConfigKey(table: "device", key: "parity", kind: .choice(SerialSettings.Parity.allCases.map(\.rawValue)), defaultValue: "\"none\"", doc: "Serial parity."),
@@ -227,10 +236,15 @@ public enum ConfigLoader {
                 }
                 let driver = v.choice(t, where_, "driver", schema: "device")
                 var transport = v.transport(t, where_)
-                if let driver, DriverRegistry.linkKind(driver) == .packets {
-                    switch transport {
-                    case .tcp?, .serial?:
-                        v.error("\(where_).transport", "\(driver) exchanges packets and cannot run over a byte stream (TCP or serial); use \"simulated\"")
+                if let driver, let kind = DriverRegistry.linkKind(driver) {
+                    switch (transport, kind) {
+                    case (.tcp?, .packets), (.serial?, .packets):
+                        if !DriverRegistry.acceptsByteStream(driver) {
+                            v.error("\(where_).transport", "\(driver) exchanges packets and cannot run over a byte stream (TCP or serial); use \"simulated\"")
+                            transport = nil
+                        }
+                    case (.usb?, .byteStream):
+                        v.error("\(where_).transport", "\(driver) speaks over a byte stream and cannot run over USB bulk endpoints; use \"serial:…\" (a USB-serial bridge is a serial port) or \"tcp:HOST:PORT\"")
                         transport = nil
                     default: break
                     }
@@ -468,9 +482,6 @@ struct Validator {
     mutating func transport(_ t: TOMLTable, _ where_: String) -> TransportSpec? {
         guard let s = string(t, where_, "transport", schema: "device") else { return nil }
         switch TransportSpec.parse(s) {
-        case .success(.usb):
-            error("\(where_).transport", "\"\(s)\": USB bulk transports are not in this build yet; use \"simulated\", \"tcp:HOST:PORT\" or \"serial:…\"")
-            return nil
         case .success(let spec): return spec
         case .failure(let invalid):
             error("\(where_).transport", "\"\(s)\": \(invalid.message)")

@@ -488,14 +488,28 @@ public final class Daemon: @unchecked Sendable {
         return TailResult(stream: name, kind: d.kind.rawValue, columns: d.fields.map { "\($0.name) (\($0.unit))" }, entries: entries, next: records.last?.sequence ?? after)
     }
 
+    /// Serial ports, then the USB devices a driver here recognises (reached through libusb;
+    /// hubs, unknown devices and the USB side of serial bridges are left out).
     func ports() throws -> [PortEntry] {
-        try SerialPorts.list().map { port in
+        let serial = try SerialPorts.list().map { port in
             let device = runners.first { r in
                 if case .serial(let m) = r.config.transport { return m.matches(port) }
                 return false
             }?.config.name
             return PortEntry(port: port, device: device, recognisedAs: DriverRegistry.recognise(port))
         }
+        let usb = try USBContext.shared().devices().compactMap { info -> PortEntry? in
+            let port = info.asPort
+            // A USB-serial bridge is already listed as its tty.
+            let isBridge = serial.contains { $0.port.usbBus == info.bus && $0.port.usbAddress == info.address }
+            guard info.deviceClass != 9, !isBridge, let recognised = DriverRegistry.recognise(port) else { return nil }
+            let device = runners.first(where: { r in
+                if case .usb(let m) = r.config.transport { return m.matches(info) }
+                return false
+            })?.config.name
+            return PortEntry(port: port, device: device, recognisedAs: recognised)
+        }
+        return serial + usb
     }
 
     /// `move` (args: device, axis, position, unit "mm"/"um", relative), `home` (device, axis) and

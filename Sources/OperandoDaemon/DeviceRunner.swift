@@ -59,9 +59,9 @@ final class DeviceRunner: @unchecked Sendable {
         case .serial(let match):
             simulatedLink = nil
             link = .byteStream(SerialPortTransport(match: match, settings: config.serial, clock: clock))
-        case .usb:
-            // Rejected when the configuration is loaded.
-            preconditionFailure("transport \(config.transport) is not available in this build")
+        case .usb(let match):
+            simulatedLink = nil
+            link = .packets(USBBulkTransport(match: match, clock: clock))
         }
     }
 

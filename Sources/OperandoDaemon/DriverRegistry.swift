@@ -1,3 +1,5 @@
+import AmptekDriver
+import AmptekSimulator
 import DemoDriver
 import DemoSimulator
 import NanonisDriver
@@ -12,7 +14,7 @@ import ZaberSimulator
 
 /// The drivers this build knows, and their simulators for `transport = "simulated"`.
 public enum DriverRegistry {
-    public static let names = [DemoPotentiostatDriver.driverName, DemoXRFDriver.driverName, ZaberStageDriver.driverName, NanonisDriver.driverName, PalmSensDriver.driverName]
+    public static let names = [DemoPotentiostatDriver.driverName, DemoXRFDriver.driverName, ZaberStageDriver.driverName, NanonisDriver.driverName, PalmSensDriver.driverName, AmptekDriver.driverName]
 
     private static func type(_ driver: String) -> (any Instrument.Type)? {
         switch driver {
@@ -21,6 +23,7 @@ public enum DriverRegistry {
         case ZaberStageDriver.driverName: ZaberStageDriver.self
         case NanonisDriver.driverName: NanonisDriver.self
         case PalmSensDriver.driverName: PalmSensDriver.self
+        case AmptekDriver.driverName: AmptekDriver.self
         default: nil
         }
     }
@@ -29,6 +32,8 @@ public enum DriverRegistry {
 
     public static func linkKind(_ driver: String) -> LinkKind? { type(driver)?.linkKind }
 
+    public static func acceptsByteStream(_ driver: String) -> Bool { type(driver)?.acceptsByteStream ?? false }
+
     public static func makeDriver(_ driver: String, name: String, settings: DeviceSettings) throws -> any Instrument {
         switch driver {
         case DemoPotentiostatDriver.driverName: try DemoPotentiostatDriver(name: name, settings: settings)
@@ -36,6 +41,7 @@ public enum DriverRegistry {
         case ZaberStageDriver.driverName: try ZaberStageDriver(name: name, settings: settings)
         case NanonisDriver.driverName: try NanonisDriver(name: name, settings: settings)
         case PalmSensDriver.driverName: try PalmSensDriver(name: name, settings: settings)
+        case AmptekDriver.driverName: try AmptekDriver(name: name, settings: settings)
         default: throw InstrumentError(.unsupported, device: name, "unknown driver \"\(driver)\"; known: \(names.joined(separator: ", "))")
         }
     }
@@ -56,6 +62,8 @@ public enum DriverRegistry {
             NanonisSimulator(cell: cell, clock: clock, seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
         case PalmSensDriver.driverName:
             PalmSensSimulator(cell: cell, clock: clock, serialNumber: "PS-\(name)", seed: seed).serve(link.deviceByteStream, shouldStop: shouldStop)
+        case AmptekDriver.driverName:
+            AmptekSimulator(cell: cell, clock: clock, serialNumber: "DP5-\(name)", deviceClock: deviceClock, seed: seed).serve(link.devicePackets, shouldStop: shouldStop)
         default:
             break
         }
@@ -89,7 +97,7 @@ extension DriverRegistry {
         case (0x2939?, _): "Zaber (zaber-ascii)"
         case (0x0403?, 0xFAF0?): "Thorlabs APT motor controller"
         case (0x2F70?, _): "PalmSens EmStat4/Nexus (palmsens-methodscript)"
-        case (0x10C4?, 0x842A?): "Amptek DP5/PX5/X-123"
+        case (0x10C4?, 0x842A?): "Amptek DP5/PX5/X-123 (amptek-dp5)"
         case (0x0403?, _): "FTDI USB-serial bridge (Zaber cables, EmStat Pico, …)"
         case (0x10C4?, 0xEA60?): "Silicon Labs CP210x bridge"
         default: nil

@@ -13,7 +13,7 @@ struct OperandoBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "operando-bench",
         abstract: "Throughput of the rings and of recording, against memcpy and plain writes.",
-        subcommands: [RingBench.self, RecordBench.self, SyncBench.self, ExportBench.self, MethodScriptBench.self])
+        subcommands: [RingBench.self, RecordBench.self, SyncBench.self, ExportBench.self, MethodScriptBench.self, USBBench.self])
 }
 
 func seconds(_ body: () -> Void) -> Double {

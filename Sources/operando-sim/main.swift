@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import OperandoCore
 import OperandoDaemon
 import OperandoIO
 import OperandoVirtualCell
@@ -17,12 +18,16 @@ struct OperandoSim: ParsableCommand {
                 then in the daemon's config: transport = "tcp:127.0.0.1:6501".
               operando-sim zaber --pty /tmp/zaber0 --devices 2
                 a chain of two Zaber stages on a new pseudo-terminal, symlinked at /tmp/zaber0.
+              operando-sim amptek --packet-fd 3
+                an Amptek DP5 on an inherited SOCK_SEQPACKET socket, one message per USB bulk
+                transfer (how Tests/Support/umockdev-harness.py serves an emulated USB device).
             Serves one client at a time until SIGTERM/SIGINT. The first line on stdout says where.
             """)
 
     @Argument(help: "Simulator: \(SimulatorServing.names.joined(separator: ", ")).") var simulator: String
     @Option(name: .long, help: "HOST:PORT to listen on (IPv4). Port 0 picks a free port, printed on stdout.") var listen: String?
     @Option(name: .long, help: "Serve on a new pseudo-terminal and symlink it at this path (e.g. /tmp/zaber0).") var pty: String?
+    @Option(name: .long, help: "Serve packets on this inherited AF_UNIX SOCK_SEQPACKET descriptor: one message per packet (USB bulk transfer).") var packetFd: Int32?
     @Option(name: .long, help: "Cell seconds per host second.") var timeScale: Double = 600
     @Option(name: .long, help: "Device name (used in the serial number).") var name = "sim"
     @Option(name: .long, help: "zaber: devices on the daisy chain (1-99).") var devices = 1
@@ -30,8 +35,8 @@ struct OperandoSim: ParsableCommand {
     @Option(name: .long, help: "Device clock at host time 0, s (simulators with a clock).") var clockOffsetS: Double = 1000
 
     func validate() throws {
-        guard (listen == nil) != (pty == nil) else {
-            throw ValidationError("give exactly one of --listen HOST:PORT or --pty LINK")
+        guard [listen != nil, pty != nil, packetFd != nil].filter({ $0 }).count == 1 else {
+            throw ValidationError("give exactly one of --listen HOST:PORT, --pty LINK or --packet-fd N")
         }
         guard (1...99).contains(devices) else { throw ValidationError("--devices \(devices): a chain has 1 to 99 devices") }
     }
@@ -48,7 +53,16 @@ struct OperandoSim: ParsableCommand {
             throw ValidationError("\(error)")
         }
         TerminationSignal.install()
-        if let listen {
+        if let packetFd {
+            let link = SeqPacketTransport(fd: FileDescriptor(rawValue: packetFd), clock: clock)
+            defer { link.close() }
+            say("operando-sim: \(simulator) serving packets on descriptor \(packetFd)")
+            do {
+                try server.serve(packets: link, shouldStop: { TerminationSignal.received })
+            } catch let error as InstrumentError where error.code == .disconnected {
+                FileHandle.standardError.write(Data("operando-sim: the peer closed the socket; done\n".utf8))
+            }
+        } else if let listen {
             guard let colon = listen.lastIndex(of: ":"), let port = UInt16(listen[listen.index(after: colon)...]) else {
                 throw ValidationError("--listen \(listen): expected HOST:PORT, e.g. 127.0.0.1:6501")
             }

@@ -218,7 +218,7 @@ struct Devices: ParsableCommand {
 }
 
 struct Ports: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Serial ports on this machine with their USB identity, and which device uses each.")
+    static let configuration = CommandConfiguration(abstract: "Serial ports on this machine with their USB identity, the USB instruments a driver recognises (transport libusb), and which device uses each.")
     @OptionGroup var global: Global
 
     func run() throws {
