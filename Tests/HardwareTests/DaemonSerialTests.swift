@@ -259,6 +259,53 @@ final class DaemonSerialTests: XCTestCase {
         }
     }
 
+    /// The Amptek driver over RS-232 (here an emulated FTDI bridge): the same packets found in a
+    /// byte stream, with the simulator on a pseudo-terminal (`operando-sim amptek --pty`).
+    func testAmptekOnEmulatedTtyUSB_findsItsPacketsInTheByteStream() throws {
+        try UmockdevHarness.requireEnvironment()
+        let directory = try UmockdevHarness.makeTemporaryDirectory(prefix: "odamptekserial")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let configPath = directory + "/operandod.toml"
+        try FileSystem.writeAtomically(configPath, bytes: Array("""
+            [daemon]
+            memory_budget_mb = 64
+            ring_mb = 2
+            sync_interval_ms = 100
+
+            [[device]]
+            name = "xrf"
+            driver = "amptek-dp5"
+            transport = "serial:usb:0403:6001:DP5RS232"
+            [device.settings]
+            channels = 512
+            poll_ms = 100
+            """.utf8))
+        let socket = directory + "/control.sock"
+        let harness = try UmockdevHarness(
+            devices: [EmulatedSerialDevice(name: "ttyUSB0", serial: "DP5RS232", simulator: .exec([try Binaries.path("operando-sim"), "amptek", "--name", "DP5-4242", "--pty", "{link}"]))],
+            program: [try Binaries.path("operandod"), "--config", configPath, "--socket", socket, "--data-dir", directory + "/data"])
+        defer { harness.stop() }
+        try harness.waitUntilReady()
+        let c = ControlClient(socket: socket)
+        try c.waitForDevice("xrf", "connected") { $0.state == "connected" }
+        let device = try XCTUnwrap(c.json([DeviceInfo].self, ["devices"]).first)
+        XCTAssertEqual(device.serialNumber, "4242")
+        XCTAssertEqual(device.transport, "serial:usb:0403:6001:DP5RS232")
+        let run = try c.json(RunInfo.self, ["run", "start", "amptek-serial"])
+        try c.waitForStatus("spectra recorded") { $0.streams.first { $0.name == "xrf/spectrum" }.map { $0.written >= 10 } ?? false }
+        // Garbage on the line between packets: skipped with an alarm, spectra keep coming.
+        let before = try c.json(StatusResult.self, ["status"]).streams.first { $0.name == "xrf/spectrum" }?.written ?? 0
+        try harness.control("garbage ttyUSB0 00f5fa0102")
+        try c.waitForStatus("spectra after garbage") { ($0.streams.first { $0.name == "xrf/spectrum" }?.written ?? 0) > before + 5 }
+        _ = try c.json(RunStopResult.self, ["run", "stop"])
+        let disk = try RunOnDisk(directory: run.directory)
+        XCTAssertEqual(disk.damaged, 0)
+        disk.assertContiguous("xrf/spectrum")
+        XCTAssertTrue(disk.stream("xrf/spectrum").allSatisfy { $0.payload.count == 512 * 4 })
+        let events = disk.events.filter { $0.source == "xrf" }
+        XCTAssertTrue(events.contains { $0.kind == .alarm && $0.message.contains("skipped") }, "\(events.map(\.message))")
+    }
+
     func testTransportByPath_bySerialNumber_andByUSBPort_findTheSamePort() throws {
         for transport in ["serial:/dev/ttyUSB0", "serial:serial=ZB0001", "serial:port=1-1"] {
             let s = try start(transport: transport)
