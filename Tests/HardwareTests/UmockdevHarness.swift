@@ -7,7 +7,9 @@ import Glibc
 
 /// Drives Tests/Support/umockdev-harness.py from XCTest: emulated /dev/ttyUSBn devices with USB
 /// parents (umockdev), simulators behind them, and a program under test that sees them through
-/// the real libserialport. See the header of umockdev-harness.py for the CLI and protocol.
+/// the real libserialport; and emulated libusb devices (`EmulatedUSBDevice`, /dev/bus/usb/BBB/DDD
+/// served by an interactive usbfs ioctl handler) that it sees through the real libusb-1.0. See the
+/// header of umockdev-harness.py for the CLI and protocol.
 ///
 /// Typical use:
 ///
@@ -68,6 +70,61 @@ struct EmulatedSerialDevice {
     }
 }
 
+/// One emulated libusb device: a `--usb-device` (and `--usb-sim`) of the harness. The program under
+/// test sees it through the real libusb-1.0 (enumeration, open, claim, control and bulk transfers);
+/// see "USB DEVICES" in the header of umockdev-harness.py.
+struct EmulatedUSBDevice {
+    /// How the device side is served; `sim=` in the harness.
+    enum Simulator {
+        /// Each bulk OUT transfer comes back as one bulk IN transfer.
+        case echo
+        /// OUT transfers are accepted and dropped; IN transfers never complete.
+        case silent
+        /// A command started per plug, given one end of an AF_UNIX SOCK_SEQPACKET socketpair as
+        /// `{fd}` (or as stdin/stdout without `{fd}`): each bulk OUT transfer is one message to it,
+        /// each message it sends is one bulk IN transfer. Also replaced: {name}, {dev}, {serial}.
+        case exec([String])
+        /// A SOCK_SEQPACKET server the harness connects to at every plug (same contract).
+        case unix(String)
+
+        var spec: String {
+            switch self {
+            case .echo: return "echo"
+            case .silent: return "silent"
+            case .exec(let argv): return "exec:" + argv.map(UmockdevHarness.shellQuoted).joined(separator: " ")
+            case .unix(let path): return "unix:" + path
+            }
+        }
+    }
+
+    /// The label used in control commands ("unplug amptek0") and in the ready file.
+    var name = "usb0"
+    var vid = "1209"
+    var pid = "0001"
+    var manufacturer = "Operando"
+    var product = "Emulated USB device"
+    var serial = "OPUSB000"
+    /// Interface 0's endpoints, e.g. "02,81" (the default) or "01,82,83:int".
+    var endpoints: String? = nil
+    /// "1.5", "12" or "480" (the default).
+    var speed: String? = nil
+    var simulator: Simulator = .echo
+
+    /// "10c4:842a:DPP00001", as usbprobe takes it.
+    var selector: String { "\(vid):\(pid):\(serial)" }
+
+    var harnessArguments: [String] {
+        var words = [
+            "name=\(name)", "vid=\(vid)", "pid=\(pid)", "manufacturer=\(manufacturer)", "product=\(product)",
+            "serial=\(serial)",
+        ]
+        if let endpoints { words.append("endpoints=\(endpoints)") }
+        if let speed { words.append("speed=\(speed)") }
+        return ["--usb-device", words.map(UmockdevHarness.shellQuoted).joined(separator: " "),
+                "--usb-sim", "\(name)=\(simulator.spec)"]
+    }
+}
+
 /// A running umockdev-harness.py with its program under test.
 final class UmockdevHarness: @unchecked Sendable {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -95,9 +152,10 @@ final class UmockdevHarness: @unchecked Sendable {
 
     /// Starts the harness. `program` is the program under test; its stdin and stdout are
     /// connected to `send(_:)` and `nextLine(timeout:)`, its stderr (and the harness's log) go to
-    /// this process's stderr.
-    init(devices: [EmulatedSerialDevice], program: [String], shim: Bool = true, timeout: TimeInterval = 120,
-         verbose: Bool = false) throws {
+    /// this process's stderr. `devices` are emulated ttys, `usbDevices` emulated libusb devices;
+    /// `extraArguments` go to the harness before the program (e.g. ["--usb-memory", "ioctl"]).
+    init(devices: [EmulatedSerialDevice] = [], usbDevices: [EmulatedUSBDevice] = [], program: [String],
+         shim: Bool = true, timeout: TimeInterval = 120, verbose: Bool = false, extraArguments: [String] = []) throws {
         directory = try Self.makeTemporaryDirectory(prefix: "umh")
         controlPath = directory + "/control.sock"
         readyPath = directory + "/ready.json"
@@ -105,6 +163,8 @@ final class UmockdevHarness: @unchecked Sendable {
         arguments += shim ? ["--shim", Self.shimPath] : ["--no-shim"]
         if verbose { arguments.append("--verbose") }
         for device in devices { arguments += device.harnessArguments }
+        for device in usbDevices { arguments += device.harnessArguments }
+        arguments += extraArguments
         arguments += ["--"] + program
         process.executableURL = URL(fileURLWithPath: Self.python)
         process.arguments = arguments
@@ -196,6 +256,9 @@ final class UmockdevHarness: @unchecked Sendable {
         if (try? run("/usr/bin/env", ["pkg-config", "--exists", "libserialport"]).status) != 0 {
             missing.append("libserialport's development files (libserialport-dev, pkg-config)")
         }
+        if (try? run("/usr/bin/env", ["pkg-config", "--exists", "libusb-1.0"]).status) != 0 {
+            missing.append("libusb-1.0's development files (libusb-1.0-0-dev, pkg-config)")
+        }
         if (try? run("/usr/bin/env", ["cc", "--version"]).status) != 0 {
             missing.append("a C compiler (cc)")
         }
@@ -272,6 +335,32 @@ final class UmockdevHarness: @unchecked Sendable {
             answer += buffer[0..<count]
         }
         return String(decoding: answer, as: UTF8.self).trimmingCharacters(in: .newlines)
+    }
+}
+
+/// Builds the C probes in Tests/Support (usbprobe.c, ...) once per test run with the system's cc,
+/// next to the test bundle (so nothing is left in /tmp).
+enum CProbe {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var built: [String: String] = [:]  // guarded by lock
+
+    /// Compiles Tests/Support/<name>.c with `pkg-config --cflags --libs <pkgConfig>`; returns the
+    /// executable's path.
+    static func path(_ name: String, pkgConfig: String, extraFlags: [String] = []) throws -> String {
+        lock.lock()
+        defer { lock.unlock() }
+        if let path = built[name] { return path }
+        let output = UmockdevHarness.buildDirectory + "/" + name
+        let temporary = output + ".\(getpid())"
+        let flags = try UmockdevHarness.run("/usr/bin/env", ["pkg-config", "--cflags", "--libs", pkgConfig])
+        guard flags.status == 0 else { throw HarnessError("pkg-config \(pkgConfig) failed; run scripts/install-deps.sh") }
+        let source = UmockdevHarness.packageRoot + "/Tests/Support/\(name).c"
+        let words = flags.output.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+        let compile = try UmockdevHarness.run("/usr/bin/env", ["cc", "-O1", "-o", temporary, source] + words + extraFlags)
+        guard compile.status == 0 else { throw HarnessError("compiling \(source) failed (status \(compile.status))") }
+        guard rename(temporary, output) == 0 else { throw HarnessError("cannot move \(temporary) to \(output): errno \(errno)") }
+        built[name] = output
+        return output
     }
 }
 
