@@ -320,23 +320,5 @@ struct Probe {
 /// Builds serialprobe.c once per test run with the system's cc and libserialport, next to the
 /// test bundle (so nothing is left in /tmp).
 enum SerialProbe {
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var built: String?  // guarded by lock
-
-    static func path() throws -> String {
-        lock.lock()
-        defer { lock.unlock() }
-        if let built { return built }
-        let output = UmockdevHarness.buildDirectory + "/serialprobe"
-        let temporary = output + ".\(getpid())"
-        let flags = try UmockdevHarness.run("/usr/bin/env", ["pkg-config", "--cflags", "--libs", "libserialport"])
-        guard flags.status == 0 else { throw HarnessError("pkg-config libserialport failed; run scripts/install-deps.sh") }
-        let source = UmockdevHarness.packageRoot + "/Tests/Support/serialprobe.c"
-        let words = flags.output.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
-        let compile = try UmockdevHarness.run("/usr/bin/env", ["cc", "-O1", "-o", temporary, source] + words + ["-ldl"])
-        guard compile.status == 0 else { throw HarnessError("compiling \(source) failed (status \(compile.status))") }
-        guard rename(temporary, output) == 0 else { throw HarnessError("cannot move \(temporary) to \(output): errno \(errno)") }
-        built = output
-        return output
-    }
+    static func path() throws -> String { try CProbe.path("serialprobe", pkgConfig: "libserialport", extraFlags: ["-ldl"]) }
 }
