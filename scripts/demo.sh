@@ -43,6 +43,7 @@ sleep "$((seconds - half))"
 echo; echo "==> operandoctl status"; ctl status
 echo; echo "==> operandoctl tail pstat/ei (newest samples: E, I, cycle; I changes sign at the 4.2 V cutoff)"; ctl tail pstat/ei | tail -n 4
 echo; echo "==> operandoctl tail pstat/events (the stimulus record)"; ctl tail pstat/events
+echo; echo "==> operandoctl tail dp5/status (the Amptek DP5's counts, dead time, temperatures, HV)"; ctl tail dp5/status | tail -n 2
 echo; echo "==> operandoctl tail stage/position (µm, as measured)"; ctl tail stage/position | tail -n 2
 echo; echo "==> operandoctl tail stage/events"; ctl tail stage/events
 echo; echo "==> operandoctl run stop"; ctl run stop

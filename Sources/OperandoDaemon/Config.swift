@@ -166,7 +166,7 @@ public struct ConfigKey: Sendable {
         ConfigKey(table: "device", key: "clock_latency_max_us", kind: .integer(0...1_000_000), defaultValue: "the driver's (1000)", doc: "Devices that only stamp what they send: the most the constant delay from the device's stamp to the host's read can be (µs). A one-way stream cannot measure it; half is subtracted from arrivals and half added to every uncertainty."),
         ConfigKey(table: "device", key: "sim_clock_drift_ppm", kind: .number(-1000...1000), defaultValue: "25", doc: "Simulated devices only: how fast the simulator's device clock runs relative to the host (ppm)."),
         ConfigKey(table: "device", key: "sim_clock_offset_s", kind: .number(0...1e9), defaultValue: "1000", doc: "Simulated devices only: the simulator's device clock at host time 0 (s), i.e. device = offset + host · (1 + drift)."),
-        ConfigKey(table: "device", key: "settings", kind: .table, defaultValue: "{}", doc: "Driver settings, e.g. `rate_hz`, `current_a` and `clock_query_ms` (demo-potentiostat: bracketed clock queries every N ms, 0 = off; default 1000), `channels` and `interval_ms` (demo-xrf); see README, Drivers, for zaber-ascii and nanonis-spm."),
+        ConfigKey(table: "device", key: "settings", kind: .table, defaultValue: "{}", doc: "Driver settings, e.g. `rate_hz`, `current_a` and `clock_query_ms` (demo-potentiostat: bracketed clock queries every N ms, 0 = off; default 1000), `channels` and `interval_ms` (demo-xrf); see README, Drivers, for zaber-ascii, nanonis-spm, palmsens-methodscript and amptek-dp5."),
     ]
 }
 

@@ -88,7 +88,7 @@ final class ConfigTests: XCTestCase {
     func testDemoConfig_isValid() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let c = try ConfigLoader.load(path: root.appendingPathComponent("Config/demo.toml").path)
-        XCTAssertEqual(c.devices.map(\.name), ["pstat", "xrf", "stage", "afm"])
+        XCTAssertEqual(c.devices.map(\.name), ["pstat", "xrf", "dp5", "stage", "afm"])
     }
 
     func testErrors_nameFileLineKeyAndExpectation() {
