@@ -288,14 +288,34 @@ public final class USBDeviceHandle: @unchecked Sendable {
         case .product: descriptor.iProduct
         case .serialNumber: descriptor.iSerialNumber
         }
-        return Self.string(raw, i)
+        return try? Self.stringDescriptor(raw, node: info.node, i)
     }
 
-    static func string(_ handle: OpaquePointer, _ index: UInt8) -> String? {
+    /// String descriptor `index` in the device's first language, read with GET_DESCRIPTOR
+    /// control transfers (nil for index 0, "no string").
+    public func stringDescriptor(_ index: UInt8, timeout: Duration = .seconds(1)) throws -> String? {
+        try Self.stringDescriptor(raw, node: info.node, index, timeout: timeout)
+    }
+
+    static func stringDescriptor(_ raw: OpaquePointer, node: String, _ index: UInt8, timeout: Duration = .seconds(1)) throws -> String? {
         guard index != 0 else { return nil }
-        var buffer = [UInt8](repeating: 0, count: 256)
-        let n = libusb_get_string_descriptor_ascii(handle, index, &buffer, Int32(buffer.count))
-        return n > 0 ? String(decoding: buffer[0..<Int(n)], as: UTF8.self) : nil
+        var buffer = [UInt8](repeating: 0, count: 255)
+        func get(_ index: UInt8, language: UInt16) throws -> ArraySlice<UInt8> {
+            // bmRequestType 0x80 (IN, standard, device), GET_DESCRIPTOR, wValue = (STRING << 8) | index.
+            let n = try buffer.withUnsafeMutableBytes {
+                try control(raw, node: node, requestType: 0x80, request: 0x06, value: UInt16(0x03) << 8 | UInt16(index), index: language, data: $0, timeout: timeout)
+            }
+            guard n >= 2, buffer[1] == 0x03, Int(buffer[0]) <= n else {
+                throw InstrumentError(.protocolViolation, device: node, "string descriptor \(index) is malformed (\(n) bytes)")
+            }
+            return buffer[2..<Int(buffer[0])]
+        }
+        let languages = try get(0, language: 0)
+        guard languages.count >= 2 else { return nil }
+        let language = UInt16(languages[languages.startIndex]) | UInt16(languages[languages.startIndex + 1]) << 8
+        let utf16 = try get(index, language: language)
+        let units = stride(from: utf16.startIndex, to: utf16.endIndex - 1, by: 2).map { UInt16(utf16[$0]) | UInt16(utf16[$0 + 1]) << 8 }
+        return String(decoding: units, as: UTF16.self)
     }
 
     /// The serial number of an unopened device, read by opening it briefly (nil if that fails).
@@ -305,7 +325,7 @@ public final class USBDeviceHandle: @unchecked Sendable {
         var handle: OpaquePointer?
         guard libusb_open(device, &handle) == 0, let handle else { return nil }
         defer { libusb_close(handle) }
-        return string(handle, descriptor.iSerialNumber)
+        return try? stringDescriptor(handle, node: "(unopened device)", descriptor.iSerialNumber)
     }
 
     /// A control transfer. `requestType` carries the direction (bit 7 set: device to host, the
@@ -313,6 +333,12 @@ public final class USBDeviceHandle: @unchecked Sendable {
     /// refusing the request) throws `.rejected`.
     @discardableResult
     public func control(requestType: UInt8, request: UInt8, value: UInt16, index: UInt16, data: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> Int {
+        try Self.control(raw, node: info.node, requestType: requestType, request: request, value: value, index: index, data: data, timeout: timeout)
+    }
+
+    static func control(
+        _ raw: OpaquePointer, node: String, requestType: UInt8, request: UInt8, value: UInt16, index: UInt16, data: UnsafeMutableRawBufferPointer, timeout: Duration
+    ) throws -> Int {
         let n = libusb_control_transfer(
             raw, requestType, request, value, index, data.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt16(data.count),
             UInt32(max(1, timeout.nanoseconds / 1_000_000)))
@@ -324,7 +350,7 @@ public final class USBDeviceHandle: @unchecked Sendable {
             case LIBUSB_ERROR_PIPE.rawValue: .rejected
             default: .transportFailed
             }
-            throw InstrumentError(code, device: info.node, "\(operation) failed", underlying: USBError(n, operation, device: info.node))
+            throw InstrumentError(code, device: node, "\(operation) failed", underlying: USBError(n, operation, device: node))
         }
         return Int(n)
     }

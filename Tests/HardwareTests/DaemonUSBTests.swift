@@ -130,7 +130,10 @@ final class DaemonUSBTests: XCTestCase {
         XCTAssertTrue(events.contains { $0.kind == .alarm && $0.message.contains("skipped") }, "the corrupted packet is reported: \(messages)")
         XCTAssertGreaterThanOrEqual(events.filter { $0.kind == .gap }.count, 2, "silence and unplug each leave a gap: \(messages)")
         XCTAssertTrue(
-            events.contains { $0.kind == .stateChange && $0.message.contains("via /dev/bus/usb/") && $0.message.contains("bulk OUT 0x2, IN 0x81") },
+            events.contains {
+                $0.kind == .stateChange && $0.message.contains("via /dev/bus/usb/") && $0.message.contains("bulk OUT 0x2, IN 0x81")
+                    && $0.message.contains("Amptek DP5 serial DP5-1002")  // the strings, read with GET_DESCRIPTOR control transfers
+            },
             "the connected event says how the device was opened: \(messages)")
         XCTAssertTrue(events.contains { $0.kind == .stateChange && $0.message.hasPrefix("disconnected") && $0.message.contains("LIBUSB_TRANSFER_NO_DEVICE") || $0.message.contains("unplugged") }, "\(messages)")
     }
