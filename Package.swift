@@ -154,11 +154,11 @@ let package = Package(
         .testTarget(name: "OperandoDaemonTests", dependencies: ["OperandoDaemon"]),
         .testTarget(name: "ZaberTests", dependencies: ["ZaberDriver", "ZaberSimulator", "OperandoIO"]),
         .testTarget(
-            name: "PalmSensTests", dependencies: ["PalmSensDriver", "PalmSensSimulator", "OperandoIO", "OperandoVirtualCell"],
+            name: "PalmSensTests", dependencies: ["PalmSensDriver", "PalmSensSimulator", "OperandoIO", "OperandoVirtualCell", "OperandoTestSupport"],
             exclude: ["Fixtures"]),
-        .testTarget(name: "NanonisTests", dependencies: ["NanonisDriver", "NanonisSimulator", "OperandoIO", "OperandoVirtualCell"]),
+        .testTarget(name: "NanonisTests", dependencies: ["NanonisDriver", "NanonisSimulator", "OperandoIO", "OperandoVirtualCell", "OperandoTestSupport"]),
         .testTarget(
-            name: "AmptekTests", dependencies: ["AmptekDriver", "AmptekSimulator", "OperandoIO", "OperandoVirtualCell"]),
+            name: "AmptekTests", dependencies: ["AmptekDriver", "AmptekSimulator", "OperandoIO", "OperandoVirtualCell", "OperandoTestSupport"]),
         .testTarget(
             name: "HardwareTests",
             dependencies: ["OperandoStore", "OperandoControl", "OperandoIO", "OperandoTestSupport", "OperandoTimeline"]),

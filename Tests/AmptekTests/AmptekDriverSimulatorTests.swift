@@ -3,6 +3,7 @@ import AmptekSimulator
 import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
+import OperandoTestSupport
 import XCTest
 
 /// Level 2: the driver against the simulator (written apart from each other) over an in-memory

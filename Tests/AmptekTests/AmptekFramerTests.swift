@@ -1,5 +1,6 @@
 import AmptekDriver
 import OperandoCore
+import OperandoTestSupport
 import XCTest
 
 /// Level 1: packets are found whatever the read boundaries, garbage and corruption are reported,

@@ -3,6 +3,7 @@ import AmptekSimulator
 import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
+import OperandoTestSupport
 import XCTest
 
 /// The simulator's device behaviour, checked with the driver's codec (written apart from it).

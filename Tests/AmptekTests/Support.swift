@@ -2,91 +2,16 @@ import AmptekDriver
 import AmptekSimulator
 import OperandoCore
 import OperandoIO
+import OperandoTestSupport
 import OperandoVirtualCell
 import Synchronization
 import XCTest
 
-/// A host clock the test moves by hand: time never comes from sleeps.
-final class ManualClock: HostClock {
-    private let nanoseconds = Mutex<Int64>(5_000_000_000)
-
-    func now() -> HostInstant { HostInstant(nanoseconds: nanoseconds.withLock { $0 }) }
-
-    func advance(seconds: Double) { nanoseconds.withLock { $0 += Int64((seconds * 1e9).rounded()) } }
-
-    func realtimeAnchor() -> RealtimeAnchor {
-        let t = now()
-        return RealtimeAnchor(before: t, after: t, utcNanoseconds: t.nanoseconds, taiOffsetSeconds: 0)
-    }
-}
-
-final class StopFlag: Sendable {
-    private let flag = Atomic<Bool>(false)
-    func set() { flag.store(true, ordering: .relaxed) }
-    var isSet: Bool { flag.load(ordering: .relaxed) }
-}
-
-/// Collects what the driver pushes, the events and the clock observations.
-final class CollectingSink: RecordSink, @unchecked Sendable {
-    struct Record {
-        var stream: Int
-        var hostTime: HostInstant
-        var deviceTime: Int64?
-        var bytes: [UInt8]
-
-        var uint32s: [UInt32] {
-            bytes.withUnsafeBytes { b in (0..<(b.count / 4)).map { UInt32(littleEndian: b.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self)) } }
-        }
-
-        var doubles: [Double] {
-            bytes.withUnsafeBytes { b in (0..<(b.count / 8)).map { Double(bitPattern: UInt64(littleEndian: b.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self))) } }
-        }
-    }
-
-    struct Exchange {
-        var hostBefore: HostInstant
-        var deviceTime: Int64
-        var hostAfter: HostInstant
-    }
-
-    let clock: any HostClock
-    private let state = Mutex<(records: [Record], events: [Event], exchanges: [Exchange], stamps: [(Int64, HostInstant)])>(([], [], [], []))
-
-    init(clock: any HostClock) { self.clock = clock }
-
-    func push(stream: Int, hostTime: HostInstant, deviceTime: Int64?, payload: UnsafeRawBufferPointer) {
-        let r = Record(stream: stream, hostTime: hostTime, deviceTime: deviceTime, bytes: Array(payload))
-        state.withLock { $0.records.append(r) }
-    }
-
-    func event(_ event: Event) { state.withLock { $0.events.append(event) } }
-
-    func clockExchange(hostBefore: HostInstant, deviceTime: Int64, hostAfter: HostInstant) {
-        state.withLock { $0.exchanges.append(Exchange(hostBefore: hostBefore, deviceTime: deviceTime, hostAfter: hostAfter)) }
-    }
-
-    func clockStamp(deviceTime: Int64, arrival: HostInstant) { state.withLock { $0.stamps.append((deviceTime, arrival)) } }
-
-    var records: [Record] { state.withLock { $0.records } }
-    func records(_ stream: Int) -> [Record] { records.filter { $0.stream == stream } }
+extension CollectingSink {
+    /// The spectrum stream's records.
     var frames: [Record] { records(0) }
+    /// The status stream's records.
     var statuses: [Record] { records(1) }
-    var events: [Event] { state.withLock { $0.events } }
-    var exchanges: [Exchange] { state.withLock { $0.exchanges } }
-    func events(containing text: String) -> [Event] { events.filter { $0.message.contains(text) } }
-}
-
-/// Delivers at most one byte per read, to prove replies are framed whatever the read boundaries.
-final class OneByteAtATime: ByteStreamTransport, @unchecked Sendable {
-    let inner: any ByteStreamTransport
-    init(_ inner: any ByteStreamTransport) { self.inner = inner }
-    var endpoint: String { inner.endpoint }
-    func open() throws { try inner.open() }
-    func close() { inner.close() }
-    func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> TransportRead {
-        try inner.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<1]), timeout: timeout)
-    }
-    func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration) throws { try inner.write(bytes, timeout: timeout) }
 }
 
 /// A simulated X-123SDD served on its own thread over an in-memory link, reached as packets

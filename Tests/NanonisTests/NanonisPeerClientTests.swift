@@ -3,6 +3,7 @@ import NanonisSimulator
 import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
+import OperandoTestSupport
 import XCTest
 
 /// Level 4: SPECS Zurich's own client (nanonis-spm from PyPI) against the simulator, served here

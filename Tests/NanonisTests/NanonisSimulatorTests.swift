@@ -2,13 +2,14 @@ import NanonisDriver
 import NanonisSimulator
 import OperandoCore
 import OperandoVirtualCell
+import OperandoTestSupport
 import XCTest
 
 /// The simulator at the byte level, with a hand-moved clock: the spec's request bytes in, whole
 /// responses out (checked byte for byte where the spec gives them, decoded with the driver's codec
 /// otherwise, which was written apart from the simulator's).
 final class NanonisSimulatorTests: XCTestCase {
-    private let clock = ManualClock()
+    private let clock = ManualClock(startSeconds: 1)
     private lazy var simulator = NanonisSimulator(cell: VirtualCell(), clock: clock, seed: 5)
 
     private func request(_ name: String, _ build: (inout NanonisBodyWriter) -> Void = { _ in }) -> [UInt8] {

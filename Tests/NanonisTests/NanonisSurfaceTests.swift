@@ -3,6 +3,7 @@ import NanonisSimulator
 import OperandoCore
 import OperandoIO
 import OperandoVirtualCell
+import OperandoTestSupport
 import XCTest
 
 /// The simulated surface follows the virtual cell: particles swell as it charges, the SEI grows

@@ -3,79 +3,10 @@ import NanonisDriver
 import NanonisSimulator
 import OperandoCore
 import OperandoIO
+import OperandoTestSupport
 import OperandoVirtualCell
 import Synchronization
 import XCTest
-
-/// A host clock the test moves by hand, for simulator tests where time must be exact.
-final class ManualClock: HostClock {
-    private let nanoseconds = Mutex<Int64>(1_000_000_000)
-
-    func now() -> HostInstant { HostInstant(nanoseconds: nanoseconds.withLock { $0 }) }
-
-    func advance(seconds: Double) { nanoseconds.withLock { $0 += Int64((seconds * 1e9).rounded()) } }
-
-    func realtimeAnchor() -> RealtimeAnchor {
-        let t = now()
-        return RealtimeAnchor(before: t, after: t, utcNanoseconds: t.nanoseconds, taiOffsetSeconds: 0)
-    }
-}
-
-final class StopFlag: Sendable {
-    private let flag = Atomic<Bool>(false)
-    func set() { flag.store(true, ordering: .relaxed) }
-    var isSet: Bool { flag.load(ordering: .relaxed) }
-}
-
-/// Collects what the driver pushes: raw payloads per stream, events, round trips.
-final class CollectingSink: RecordSink, @unchecked Sendable {
-    struct Record {
-        var stream: Int
-        var hostTime: HostInstant
-        var deviceTime: Int64?
-        var bytes: [UInt8]
-
-        var floats: [Float] {
-            bytes.withUnsafeBytes { b in (0..<(b.count / 4)).map { Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) } }
-        }
-
-        var doubles: [Double] {
-            bytes.withUnsafeBytes { b in (0..<(b.count / 8)).map { Double(bitPattern: UInt64(littleEndian: b.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self))) } }
-        }
-    }
-
-    let clock: any HostClock
-    private let state = Mutex<(records: [Record], events: [Event], roundTrips: [(HostInstant, HostInstant)])>(([], [], []))
-
-    init(clock: any HostClock) { self.clock = clock }
-
-    func push(stream: Int, hostTime: HostInstant, deviceTime: Int64?, payload: UnsafeRawBufferPointer) {
-        let r = Record(stream: stream, hostTime: hostTime, deviceTime: deviceTime, bytes: Array(payload))
-        state.withLock { $0.records.append(r) }
-    }
-
-    func event(_ event: Event) { state.withLock { $0.events.append(event) } }
-
-    func roundTrip(sent: HostInstant, received: HostInstant) { state.withLock { $0.roundTrips.append((sent, received)) } }
-
-    var records: [Record] { state.withLock { $0.records } }
-    func records(_ stream: Int) -> [Record] { records.filter { $0.stream == stream } }
-    var events: [Event] { state.withLock { $0.events } }
-    var roundTrips: [(HostInstant, HostInstant)] { state.withLock { $0.roundTrips } }
-}
-
-/// Delivers at most one byte per read, to prove replies are framed whatever the read boundaries.
-final class OneByteAtATime: ByteStreamTransport, @unchecked Sendable {
-    let inner: any ByteStreamTransport
-    init(_ inner: any ByteStreamTransport) { self.inner = inner }
-    var endpoint: String { inner.endpoint }
-    func open() throws { try inner.open() }
-    func close() { inner.close() }
-    func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> TransportRead {
-        try inner.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<1]), timeout: timeout)
-    }
-    func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration) throws { try inner.write(bytes, timeout: timeout) }
-}
 
 /// A simulated controller served on its own thread over an in-memory link, as a device runner
 /// would reach it; `replug()` serves the same controller (its scan still running) on a new link.

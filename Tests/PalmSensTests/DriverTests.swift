@@ -3,6 +3,7 @@ import OperandoCore
 import OperandoIO
 import PalmSensDriver
 import Synchronization
+import OperandoTestSupport
 import XCTest
 
 private final class CollectingSink: RecordSink, @unchecked Sendable {

@@ -1,27 +1,12 @@
 import Foundation
 import OperandoCore
 import OperandoIO
+import OperandoTestSupport
 import OperandoVirtualCell
 import PalmSensSimulator
 import Synchronization
 import XCTest
 
-/// A host clock the test moves by hand: device time comes from here, never from sleeps.
-final class PSSimClock: HostClock {
-    private let nanoseconds = Mutex<Int64>(5_000_000_000)
-    func now() -> HostInstant { HostInstant(nanoseconds: nanoseconds.withLock { $0 }) }
-    func advance(seconds: Double) { nanoseconds.withLock { $0 += Int64((seconds * 1e9).rounded()) } }
-    func realtimeAnchor() -> RealtimeAnchor {
-        let t = now()
-        return RealtimeAnchor(before: t, after: t, utcNanoseconds: t.nanoseconds, taiOffsetSeconds: 0)
-    }
-}
-
-final class PSSimStopFlag: Sendable {
-    private let flag = Atomic<Bool>(false)
-    func set() { flag.store(true, ordering: .relaxed) }
-    var isSet: Bool { flag.load(ordering: .relaxed) }
-}
 
 /// One variable of a data package, decoded by the test's own reading of the grammar.
 struct PSSimVar: Equatable {
@@ -66,12 +51,12 @@ func psSimDecodePackage(_ line: String) -> [PSSimVar]? {
 
 /// A simulator served on its own thread over an in-memory cable; the test is the host.
 final class PSSimBench {
-    let clock = PSSimClock()
+    let clock = ManualClock()
     let cell: VirtualCell
     let link: InMemoryLink
     let simulator: PalmSensSimulator
     private let host: any ByteStreamTransport
-    private let stopFlag = PSSimStopFlag()
+    private let stopFlag = StopFlag()
     private var thread: IOThread?
     private var received: [UInt8] = []
 
