@@ -35,17 +35,23 @@ final class DaemonSerialTests: XCTestCase {
     }
 
     private func start(transport: String, serial: String = "ZB0001") throws -> Setup {
+        try start(config: config(transport: transport), device: "stage", serial: serial, simulator: ["zaber", "--pty", "{link}"])
+    }
+
+    /// operandod with `config` under the harness, one emulated FTDI ttyUSB0 with serial number
+    /// `serial` served by `operando-sim SIMULATOR…`; returns once `device` is connected.
+    private func start(config: String, device: String, serial: String, simulator: [String]) throws -> Setup {
         try UmockdevHarness.requireEnvironment()
         let directory = try UmockdevHarness.makeTemporaryDirectory(prefix: "odserial")
         let configPath = directory + "/operandod.toml"
-        try FileSystem.writeAtomically(configPath, bytes: Array(config(transport: transport).utf8))
+        try FileSystem.writeAtomically(configPath, bytes: Array(config.utf8))
         let socket = directory + "/control.sock"
         let harness = try UmockdevHarness(
-            devices: [EmulatedSerialDevice(name: "ttyUSB0", serial: serial, simulator: .exec([try Binaries.path("operando-sim"), "zaber", "--pty", "{link}"]))],
+            devices: [EmulatedSerialDevice(name: "ttyUSB0", serial: serial, simulator: .exec([try Binaries.path("operando-sim")] + simulator))],
             program: [try Binaries.path("operandod"), "--config", configPath, "--socket", socket, "--data-dir", directory + "/data"])
         try harness.waitUntilReady()
         let client = ControlClient(socket: socket)
-        try client.waitForDevice("stage", "connected") { $0.state == "connected" }
+        try client.waitForDevice(device, "connected") { $0.state == "connected" }
         return Setup(harness: harness, client: client, directory: directory)
     }
 
@@ -121,11 +127,7 @@ final class DaemonSerialTests: XCTestCase {
         try c.waitForStatus("data after replug") { ($0.streams.first { $0.name == "stage/position" }?.written ?? 0) > before + 10 }
         XCTAssertGreaterThanOrEqual(try c.json([DeviceInfo].self, ["devices"]).first?.reconnects ?? 0, 2)
 
-        let stop = try c.json(RunStopResult.self, ["run", "stop"])
-        for st in stop.streams {
-            XCTAssertEqual(st.dropped, 0, st.name)
-            XCTAssertEqual(st.written, st.produced, st.name)
-        }
+        assertNothingLost(try c.json(RunStopResult.self, ["run", "stop"]))
         let disk = try RunOnDisk(directory: run.directory)
         XCTAssertEqual(disk.damaged, 0)
         disk.assertContiguous("stage/position")
@@ -181,11 +183,7 @@ final class DaemonSerialTests: XCTestCase {
     /// The PalmSens driver on its real libserialport path: an emulated EmStat Pico (FTDI bridge,
     /// 230400 baud) with the MethodSCRIPT simulator behind it runs a short cycling protocol.
     func testPalmSensOnEmulatedTtyUSB_runsACyclingProtocolAndRecordsEveryStep() throws {
-        try UmockdevHarness.requireEnvironment()
-        let directory = try UmockdevHarness.makeTemporaryDirectory(prefix: "odpalmsens")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let configPath = directory + "/operandod.toml"
-        try FileSystem.writeAtomically(configPath, bytes: Array("""
+        let s = try start(config: """
             [daemon]
             memory_budget_mb = 64
             ring_mb = 2
@@ -199,8 +197,10 @@ final class DaemonSerialTests: XCTestCase {
             name = "pstat"
             driver = "palmsens-methodscript"
             transport = "serial:usb:0403:6001:PS0001"
-            """.utf8))
-        let protocolPath = directory + "/cycling.toml"
+            """, device: "pstat", serial: "PS0001", simulator: ["palmsens-methodscript", "--pty", "{link}", "--time-scale", "3000"])
+        defer { s.harness.stop(); try? FileManager.default.removeItem(atPath: s.directory) }
+        let c = s.client
+        let protocolPath = s.directory + "/cycling.toml"
         try FileSystem.writeAtomically(protocolPath, bytes: Array("""
             kind = "protocol"
             [[steps]]
@@ -217,14 +217,6 @@ final class DaemonSerialTests: XCTestCase {
             interval_s = 0.05
             max_half_cycle_s = 20
             """.utf8))
-        let socket = directory + "/control.sock"
-        let harness = try UmockdevHarness(
-            devices: [EmulatedSerialDevice(name: "ttyUSB0", serial: "PS0001", simulator: .exec([try Binaries.path("operando-sim"), "palmsens-methodscript", "--pty", "{link}", "--time-scale", "3000"]))],
-            program: [try Binaries.path("operandod"), "--config", configPath, "--socket", socket, "--data-dir", directory + "/data"])
-        defer { harness.stop() }
-        try harness.waitUntilReady()
-        let c = ControlClient(socket: socket)
-        try c.waitForDevice("pstat", "connected") { $0.state == "connected" }
         let device = try XCTUnwrap(c.json([DeviceInfo].self, ["devices"]).first)
         XCTAssertEqual(device.model, "EmStat Pico")
         let run = try c.json(RunInfo.self, ["run", "start", "cycling"])
@@ -262,11 +254,7 @@ final class DaemonSerialTests: XCTestCase {
     /// The Amptek driver over RS-232 (here an emulated FTDI bridge): the same packets found in a
     /// byte stream, with the simulator on a pseudo-terminal (`operando-sim amptek --pty`).
     func testAmptekOnEmulatedTtyUSB_findsItsPacketsInTheByteStream() throws {
-        try UmockdevHarness.requireEnvironment()
-        let directory = try UmockdevHarness.makeTemporaryDirectory(prefix: "odamptekserial")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let configPath = directory + "/operandod.toml"
-        try FileSystem.writeAtomically(configPath, bytes: Array("""
+        let s = try start(config: """
             [daemon]
             memory_budget_mb = 64
             ring_mb = 2
@@ -279,15 +267,9 @@ final class DaemonSerialTests: XCTestCase {
             [device.settings]
             channels = 512
             poll_ms = 100
-            """.utf8))
-        let socket = directory + "/control.sock"
-        let harness = try UmockdevHarness(
-            devices: [EmulatedSerialDevice(name: "ttyUSB0", serial: "DP5RS232", simulator: .exec([try Binaries.path("operando-sim"), "amptek", "--name", "DP5-4242", "--pty", "{link}"]))],
-            program: [try Binaries.path("operandod"), "--config", configPath, "--socket", socket, "--data-dir", directory + "/data"])
-        defer { harness.stop() }
-        try harness.waitUntilReady()
-        let c = ControlClient(socket: socket)
-        try c.waitForDevice("xrf", "connected") { $0.state == "connected" }
+            """, device: "xrf", serial: "DP5RS232", simulator: ["amptek", "--name", "DP5-4242", "--pty", "{link}"])
+        defer { s.harness.stop(); try? FileManager.default.removeItem(atPath: s.directory) }
+        let c = s.client
         let device = try XCTUnwrap(c.json([DeviceInfo].self, ["devices"]).first)
         XCTAssertEqual(device.serialNumber, "4242")
         XCTAssertEqual(device.transport, "serial:usb:0403:6001:DP5RS232")
@@ -295,7 +277,7 @@ final class DaemonSerialTests: XCTestCase {
         try c.waitForStatus("spectra recorded") { $0.streams.first { $0.name == "xrf/spectrum" }.map { $0.written >= 10 } ?? false }
         // Garbage on the line between packets: skipped with an alarm, spectra keep coming.
         let before = try c.json(StatusResult.self, ["status"]).streams.first { $0.name == "xrf/spectrum" }?.written ?? 0
-        try harness.control("garbage ttyUSB0 00f5fa0102")
+        try s.harness.control("garbage ttyUSB0 00f5fa0102")
         try c.waitForStatus("spectra after garbage") { ($0.streams.first { $0.name == "xrf/spectrum" }?.written ?? 0) > before + 5 }
         _ = try c.json(RunStopResult.self, ["run", "stop"])
         let disk = try RunOnDisk(directory: run.directory)

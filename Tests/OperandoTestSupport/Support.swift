@@ -155,3 +155,11 @@ public struct RunOnDisk {
         XCTAssertEqual(seqs, Array(first..<(first + UInt64(seqs.count))), "\(name): sequence numbers on disk have gaps", file: file, line: line)
     }
 }
+
+/// Every stream of a stopped run: nothing dropped, everything produced was written.
+public func assertNothingLost(_ stop: RunStopResult, file: StaticString = #filePath, line: UInt = #line) {
+    for st in stop.streams {
+        XCTAssertEqual(st.dropped, 0, st.name, file: file, line: line)
+        XCTAssertEqual(st.written, st.produced, st.name, file: file, line: line)
+    }
+}
