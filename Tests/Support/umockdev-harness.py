@@ -239,6 +239,7 @@ or "error MESSAGE"; a connection may send any number of commands)
 """
 
 import argparse
+import contextlib
 import collections
 import ctypes
 import errno
@@ -844,6 +845,13 @@ class Device:
             self.master.send(data)
         else:
             trace("%s: device -> host %s (dropped)" % (self.name, data.hex()))
+
+    def set_answering(self, answering):
+        self.answering = answering
+        self.simulator.set_answering(answering)
+
+    def plug_detail(self):
+        return "pts=%s" % self.pts
 
     def inject(self, data):
         if self.master:
@@ -1948,6 +1956,9 @@ class UsbDevice:
                 self.reading_paused = True
                 self.simulator.pause_reading(True)
 
+    def plug_detail(self):
+        return "devnode=%s" % self.devnode
+
     def inject(self, payload):
         self.injected.append([payload, 0])
         if self.plug_state:
@@ -2204,11 +2215,11 @@ class Harness:
                 return "ok"
             if not arguments:
                 return "error %s needs a device name" % verb
-            device = self.devices.get(arguments[0])
-            if device is None and arguments[0] in self.usb_devices:
-                return self.usb_command(verb, self.usb_devices[arguments[0]], arguments[1:])
+            device = self.devices.get(arguments[0]) or self.usb_devices.get(arguments[0])
             if device is None:
                 return "error no device %s (have %s)" % (arguments[0], ", ".join(list(self.devices) + list(self.usb_devices)))
+            # USB devices are also served from umockdev's ioctl thread; tty devices only from here.
+            lock = USB_LOCK if isinstance(device, UsbDevice) else contextlib.nullcontext()
             if verb == "unplug":
                 if not device.plugged:
                     return "error %s is already unplugged" % device.name
@@ -2219,50 +2230,23 @@ class Harness:
                     return "error %s is plugged; unplug it first" % device.name
                 device.devnum = self.next_devnum(device.bus)
                 device.plug()
-                return "ok devnum=%d pts=%s" % (device.devnum, device.pts)
+                return "ok devnum=%d %s" % (device.devnum, device.plug_detail())
+            if not device.plugged:
+                return "error %s is unplugged" % device.name
             if verb in ("stop-answering", "resume-answering", "resume"):
-                if not device.plugged:
-                    return "error %s is unplugged" % device.name
-                device.answering = verb != "stop-answering"
-                device.simulator.set_answering(device.answering)
+                with lock:
+                    device.set_answering(verb != "stop-answering")
                 return "ok"
             if verb == "garbage":
                 if len(arguments) != 2:
                     return "error usage: garbage NAME HEX"
-                if not device.plugged:
-                    return "error %s is unplugged" % device.name
-                device.inject(bytes.fromhex(arguments[1]))
+                payload = bytes.fromhex(arguments[1])
+                with lock:
+                    device.inject(payload)
                 return "ok"
             return "error unknown command %s" % verb
         except (ValueError, OSError, GLib.Error, UsageError) as error:
             return "error %s" % error
-
-    def usb_command(self, verb, device, arguments):
-        if verb == "unplug":
-            if not device.plugged:
-                return "error %s is already unplugged" % device.name
-            device.unplug()
-            return "ok"
-        if verb in ("replug", "plug"):
-            if device.plugged:
-                return "error %s is plugged; unplug it first" % device.name
-            device.devnum = self.next_devnum(device.bus)
-            device.plug()
-            return "ok devnum=%d devnode=%s" % (device.devnum, device.devnode)
-        if not device.plugged:
-            return "error %s is unplugged" % device.name
-        if verb in ("stop-answering", "resume-answering", "resume"):
-            with USB_LOCK:
-                device.set_answering(verb != "stop-answering")
-            return "ok"
-        if verb == "garbage":
-            if len(arguments) != 1:
-                return "error usage: garbage NAME HEX"
-            payload = bytes.fromhex(arguments[0])
-            with USB_LOCK:
-                device.inject(payload)
-            return "ok"
-        return "error unknown command %s" % verb
 
     # -- the program under test
 
