@@ -113,6 +113,29 @@ final class AmptekSimulatorTests: XCTestCase {
         XCTAssertTrue(after.mcaEnabled)
     }
 
+    /// Spectrum + status + clear reads the real time and clears at one instant, so the real
+    /// times of consecutive frames add up to the device clock's elapsed time (the driver sums
+    /// them into its device time). A host clock that moves on every reading exposes any time
+    /// that falls between a frame's status and its clear.
+    func testRealTimesOfClearedFrames_addUpToTheDeviceClocksElapsedTime() throws {
+        let stepping = SteppingClock(stepNs: 370_000)
+        let deviceClock = SimulatedDeviceClock(driftPPM: 150, offsetNs: 0)
+        let sim = AmptekSimulator(cell: VirtualCell(), clock: stepping, serialNumber: "X123-1", deviceClock: deviceClock, seed: 5)
+        XCTAssertEqual(sim.handle(AmptekRequest.enableMCA.encoded).count, 1)
+        let before = deviceClock.deviceNanoseconds(at: stepping.now()) / 1_000_000
+        var sum = 0
+        for _ in 0..<200 {
+            stepping.advance(nanoseconds: 20_000_000)
+            let reply = try XCTUnwrap(sim.handle(AmptekRequest.spectrumStatusClear.encoded).first)
+            let (id, data) = try XCTUnwrap(frame([reply]).first?.packet)
+            sum += Int(try XCTUnwrap(AmptekSpectrum.decode(pid2: id.pid2, data: data)?.status).realTimeMs)
+        }
+        let after = deviceClock.deviceNanoseconds(at: stepping.now()) / 1_000_000
+        // The sum spans from the enable to the last frame: inside [before, after], within a tick.
+        XCTAssertLessThanOrEqual(sum, Int(after - before) + 1)
+        XCTAssertGreaterThanOrEqual(sum, Int(after - before) - 3, "time was lost between frames: \(sum) ms summed, \(after - before) ms elapsed")
+    }
+
     func testPresetTime_stopsTheMCAWhenAccumulationReachesIt() throws {
         let sim = simulator()
         _ = ack(sim, try AmptekRequest.textConfiguration("PRET=1.5;").encoded)
@@ -235,5 +258,19 @@ final class AmptekSimulatorTests: XCTestCase {
             }
         }
         XCTAssertEqual(ids, [.status, AmptekPacketID(0xFF, 0x03), .ackOK])
+    }
+}
+
+/// A host clock that moves forward by `stepNs` every time it is read.
+final class SteppingClock: HostClock, @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var ns: Int64 = 1_000_000_000
+    private let stepNs: Int64
+    init(stepNs: Int64) { self.stepNs = stepNs }
+    func now() -> HostInstant { lock.withLock { ns += stepNs; return HostInstant(nanoseconds: ns) } }
+    func advance(nanoseconds: Int64) { lock.withLock { ns += nanoseconds } }
+    func realtimeAnchor() -> RealtimeAnchor {
+        let t = now()
+        return RealtimeAnchor(before: t, after: t, utcNanoseconds: t.nanoseconds, taiOffsetSeconds: 0)
     }
 }

@@ -448,8 +448,13 @@ public final class AmptekDriver: Instrument, @unchecked Sendable {
         sink.push(stream: 1, hostTime: arrival, deviceTime: deviceTime, payload: UnsafeRawBufferPointer(sample))
         if running {
             // The DP5 read its real time when it processed the request: after `sentAt`, and
-            // before it started the reply.
-            sink.clockExchange(hostBefore: sentAt, deviceTime: deviceTime, hostAfter: HostInstant(nanoseconds: startStamp))
+            // before it started the reply. The real time is counted in whole milliseconds, and
+            // the running sum starts from one such reading, so the device clock read exactly
+            // `deviceTime` within one tick of that moment: the bracket is widened by a tick on
+            // each side (without it, the quantisation looks like a contradiction to the clock
+            // model, which then never learns the drift).
+            let tick = Int64(Self.clockResolutionNs)
+            sink.clockExchange(hostBefore: sentAt.advanced(byNanoseconds: -tick), deviceTime: deviceTime, hostAfter: HostInstant(nanoseconds: startStamp + tick))
             previousFrame = (sentAt, arrival)
             if presetSeconds > 0 {
                 // Lower the device's PRET (counted from this frame's clear) to what is left once

@@ -310,7 +310,10 @@ public final class AmptekSimulator: @unchecked Sendable {
         }
     }
 
-    private func clearLocked() {
+    /// Clears the MCA at device tick `now` (by default, this instant). A clear that comes with a
+    /// status passes that status's tick, so the real time it reported and the next interval's
+    /// meet exactly: no time falls between two frames.
+    private func clearLocked(at now: Int64? = nil) {
         for i in 0..<8192 { spectrum[i] = 0 }
         fastCount = 0
         slowCount = 0
@@ -318,7 +321,7 @@ public final class AmptekSimulator: @unchecked Sendable {
         realTicks = 0
         presetTimeReached = false
         presetCountReached = false
-        let now = tick()
+        let now = now ?? tick()
         enabledSinceTick = now
         advancedToTick = now
     }
@@ -400,7 +403,7 @@ public final class AmptekSimulator: @unchecked Sendable {
                 status(now: now).write(to: UnsafeMutableRawBufferPointer(rebasing: out[size...]))
                 size += 64
             }
-            if clear { clearLocked() }
+            if clear { clearLocked(at: now) }
             // 81 01 … 81 0C: 256 channels → 1, doubling; +1 with the status.
             var code: UInt8 = 1
             var c = 256
