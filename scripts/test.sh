@@ -19,6 +19,7 @@ set -e
 echo "--- benchmark smoke run: debug build, small sizes, figures not representative (README: full runs) ---"
 .build/debug/operando-bench ring --records 1000000 --frames 200
 .build/debug/operando-bench record --megabytes 64 --rounds 1
+.build/debug/operando-bench usb --spectra 50 --channels 1024
 
 # One closing line for people and CI: XCTest's totals from the "All tests" summary.
 summary=$(grep -A1 "Test Suite 'All tests'" "$log" | grep -o "Executed [0-9]* tests\?, with [0-9]* failures\?" | tail -n 1)
