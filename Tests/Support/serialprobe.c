@@ -33,17 +33,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static struct sp_port *port;
+#include "probe-output.h"
 
-static void json_string(const char *text) {
-    putchar('"');
-    for (const unsigned char *c = (const unsigned char *)(text ? text : ""); *c; c++) {
-        if (*c == '"' || *c == '\\') printf("\\%c", *c);
-        else if (*c < 0x20 || *c >= 0x7f) printf("\\u%04x", *c);
-        else putchar(*c);
-    }
-    putchar('"');
-}
+static struct sp_port *port;
 
 static void fail(const char *what) {
     char *message = sp_last_error_message();
@@ -59,23 +51,6 @@ static void fail_plain(const char *what) {
     printf("{\"ok\":false,\"error\":");
     json_string(what);
     printf("}\n");
-}
-
-static void hex(const unsigned char *bytes, size_t count) {
-    putchar('"');
-    for (size_t i = 0; i < count; i++) printf("%02x", bytes[i]);
-    putchar('"');
-}
-
-static size_t unhex(const char *text, unsigned char *out, size_t capacity) {
-    size_t n = 0;
-    while (text[0] && text[1] && n < capacity) {
-        unsigned value;
-        if (sscanf(text, "%2x", &value) != 1) break;
-        out[n++] = (unsigned char)value;
-        text += 2;
-    }
-    return n;
 }
 
 static void cmd_list(void) {

@@ -2352,6 +2352,20 @@ def parse_device(text):
     return spec
 
 
+def parse_devices(texts, sims, default_name, sim_option, kind):
+    """Device specs from --device/--usb-device texts, with their --sim/--usb-sim NAME=SPEC."""
+    specs = [parse_device(text) for text in texts]
+    for index, spec in enumerate(specs):
+        spec.setdefault("name", default_name % index)
+    for text in sims:
+        name, equals, sim = text.partition("=")
+        matches = [spec for spec in specs if spec["name"] == name]
+        if not equals or not matches:
+            raise UsageError("%s %r: expected NAME=SPEC for a declared %s" % (sim_option, text, kind))
+        matches[0]["sim"] = sim
+    return specs
+
+
 def main(arguments):
     global VERBOSE
     # The harness itself must run under libumockdev-preload: umockdev's uevent sender looks
@@ -2395,24 +2409,8 @@ def main(arguments):
             options.shim = os.path.abspath(options.shim)
             if not os.path.isfile(options.shim):
                 raise UsageError("--shim %s: no such file (build it: swift build --product operando-modem-shim)" % options.shim)
-        specs = [parse_device(text) for text in options.device]
-        for index, spec in enumerate(specs):
-            spec.setdefault("name", "ttyUSB%d" % index)
-        for text in options.sim:
-            name, equals, sim = text.partition("=")
-            matches = [spec for spec in specs if spec["name"] == name]
-            if not equals or not matches:
-                raise UsageError("--sim %r: expected NAME=SPEC for a declared device" % text)
-            matches[0]["sim"] = sim
-        usb_specs = [parse_device(text) for text in options.usb_device]
-        for index, spec in enumerate(usb_specs):
-            spec.setdefault("name", "usb%d" % index)
-        for text in options.usb_sim:
-            name, equals, sim = text.partition("=")
-            matches = [spec for spec in usb_specs if spec["name"] == name]
-            if not equals or not matches:
-                raise UsageError("--usb-sim %r: expected NAME=SPEC for a declared --usb-device" % text)
-            matches[0]["sim"] = sim
+        specs = parse_devices(options.device, options.sim, "ttyUSB%d", "--sim", "device")
+        usb_specs = parse_devices(options.usb_device, options.usb_sim, "usb%d", "--usb-sim", "--usb-device")
     except UsageError as error:
         log(str(error))
         return 2

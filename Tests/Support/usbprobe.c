@@ -60,19 +60,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "probe-output.h"
+
 static libusb_context *ctx;
 
 /* ---- output ------------------------------------------------------------------------------- */
-
-static void json_string(const char *text) {
-    putchar('"');
-    for (const unsigned char *c = (const unsigned char *)(text ? text : ""); *c; c++) {
-        if (*c == '"' || *c == '\\') printf("\\%c", *c);
-        else if (*c < 0x20 || *c >= 0x7f) printf("\\u%04x", *c);
-        else putchar(*c);
-    }
-    putchar('"');
-}
 
 static int fail(const char *format, ...) {
     char text[512];
@@ -85,23 +77,6 @@ static int fail(const char *format, ...) {
     printf("}\n");
     fflush(stdout);
     return 1;
-}
-
-static void hex(const unsigned char *bytes, size_t count) {
-    putchar('"');
-    for (size_t i = 0; i < count; i++) printf("%02x", bytes[i]);
-    putchar('"');
-}
-
-static size_t unhex(const char *text, unsigned char *out, size_t capacity) {
-    size_t n = 0;
-    while (text[0] && text[1] && n < capacity) {
-        unsigned value;
-        if (sscanf(text, "%2x", &value) != 1) break;
-        out[n++] = (unsigned char)value;
-        text += 2;
-    }
-    return n;
 }
 
 static const char *status_name(enum libusb_transfer_status status) {
