@@ -484,6 +484,9 @@ final class USBInPipe: @unchecked Sendable {
         case timeout
     }
 
+    /// For messages only (built on error paths, never per transfer).
+    private var where_: String { "bulk IN endpoint 0x\(String(endpoint, radix: 16))" }
+
     /// The next completed transfer copied into `buffer` (its slot resubmitted), or `.timeout`.
     func next(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> Next {
         var index = -1
@@ -499,7 +502,6 @@ final class USBInPipe: @unchecked Sendable {
             }
         }
         guard index >= 0 else { return .timeout }
-        let where_ = "bulk IN endpoint 0x\(String(endpoint, radix: 16))"
         switch s {
         case LIBUSB_TRANSFER_COMPLETED:
             guard length <= buffer.count else {
