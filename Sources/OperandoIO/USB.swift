@@ -20,9 +20,6 @@ public struct USBError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { "\(operation) on \(device) failed: \(Self.explain(code))" }
 
-    /// `LIBUSB_ERROR_NO_DEVICE`: the device was unplugged.
-    public var isNoDevice: Bool { code == LIBUSB_ERROR_NO_DEVICE.rawValue }
-
     /// libusb's name for `code` with what it means here and what to do.
     static func explain(_ code: Int32) -> String {
         let name = String(cString: libusb_error_name(code))
@@ -47,7 +44,6 @@ public final class USBContext: @unchecked Sendable {
     let raw: OpaquePointer
     /// Whether libusb reports device arrival and departure here; otherwise transports poll.
     public let hasHotplug: Bool
-    private let stopping = Atomic<Bool>(false)
     private var eventThread: IOThread?
     /// Hotplug departures: listeners keyed by a token, called on the event thread with (bus, address).
     private let departureListeners = Mutex<[Int: @Sendable (Int, Int) -> Void]>([:])
@@ -66,8 +62,8 @@ public final class USBContext: @unchecked Sendable {
         }
     }
 
-    /// A new context. Prefer `shared()`; a context lives until `shutdown()`.
-    public init() throws {
+    /// A context lives as long as the process: transports come and go, the event thread stays.
+    private init() throws {
         var ctx: OpaquePointer?
         let rc = libusb_init(&ctx)
         guard rc == 0, let ctx else { throw USBError(rc, "libusb_init", device: "(libusb)") }
@@ -82,20 +78,11 @@ public final class USBContext: @unchecked Sendable {
             if registered == 0 { hotplugHandle = handle }
         }
         eventThread = IOThread(name: "usb-events") { [self] in
-            while !stopping.load(ordering: .relaxed) {
+            while true {
                 var tv = timeval(tv_sec: 0, tv_usec: 200_000)
                 _ = libusb_handle_events_timeout_completed(raw, &tv, nil)
             }
         }
-    }
-
-    /// Stops the event thread and frees the context (every handle must be closed first).
-    public func shutdown() {
-        guard !stopping.exchange(true, ordering: .relaxed) else { return }
-        if hotplugHandle != 0 { libusb_hotplug_deregister_callback(raw, hotplugHandle) }
-        libusb_interrupt_event_handler(raw)
-        eventThread?.join()
-        libusb_exit(raw)
     }
 
     fileprivate func deviceLeft(bus: Int, address: Int) {
@@ -293,10 +280,6 @@ public final class USBDeviceHandle: @unchecked Sendable {
 
     /// String descriptor `index` in the device's first language, read with GET_DESCRIPTOR
     /// control transfers (nil for index 0, "no string").
-    public func stringDescriptor(_ index: UInt8, timeout: Duration = .seconds(1)) throws -> String? {
-        try Self.stringDescriptor(raw, node: info.node, index, timeout: timeout)
-    }
-
     static func stringDescriptor(_ raw: OpaquePointer, node: String, _ index: UInt8, timeout: Duration = .seconds(1)) throws -> String? {
         guard index != 0 else { return nil }
         var buffer = [UInt8](repeating: 0, count: 255)
@@ -331,11 +314,6 @@ public final class USBDeviceHandle: @unchecked Sendable {
     /// A control transfer. `requestType` carries the direction (bit 7 set: device to host, the
     /// answer is read into `data`). Returns the number of bytes transferred. A stall (the device
     /// refusing the request) throws `.rejected`.
-    @discardableResult
-    public func control(requestType: UInt8, request: UInt8, value: UInt16, index: UInt16, data: UnsafeMutableRawBufferPointer, timeout: Duration) throws -> Int {
-        try Self.control(raw, node: info.node, requestType: requestType, request: request, value: value, index: index, data: data, timeout: timeout)
-    }
-
     static func control(
         _ raw: OpaquePointer, node: String, requestType: UInt8, request: UInt8, value: UInt16, index: UInt16, data: UnsafeMutableRawBufferPointer, timeout: Duration
     ) throws -> Int {
@@ -595,9 +573,6 @@ public final class USBBulkTransport: PacketTransport, @unchecked Sendable {
 
     public var endpoint: String { where_ }
     public var openNotes: [String] { notes }
-
-    /// The open device (nil when closed), for control transfers.
-    public var device: USBDeviceHandle? { handle }
 
     public func open() throws {
         close()
